@@ -1,0 +1,1 @@
+"""PowerSGD for Horovod."""

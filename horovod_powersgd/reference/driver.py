@@ -1,0 +1,31 @@
+"""Drive a compressor the way Horovod's optimizer does, on NumPy arrays."""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+
+def reduce_gradients(compressor, gradients: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """One step of Horovod's pattern for every named gradient: compress all, reduce each result
+    with the compressor's first-round collective, then decompress all in the same order.
+
+    ``compressor.backend`` must be a `NumpyBackend`. Returns the reduced gradients by name.
+    """
+    backend = compressor.backend
+    submitted = []
+    for name, grad in gradients.items():
+        grad = np.asarray(grad)
+        backend.name_tensor(grad, name)
+        wire, ctx = compressor.compress(grad)
+        identity = ctx.identity if ctx is not None else None
+        if compressor.collective == "allgather":
+            handle = backend.comm.allgather_async(wire, f"horovod.{name}")
+        else:
+            handle = backend.comm.allreduce_async(wire, f"horovod.{name}", identity.op)
+        submitted.append((name, handle, ctx))
+    results = {}
+    for name, handle, ctx in submitted:
+        results[name] = compressor.decompress(backend.comm.wait(handle), ctx)
+    # Deferred outputs are filled once the last tensor is decompressed: copy only now.
+    return {name: np.array(value, copy=True) for name, value in results.items()}
