@@ -5,27 +5,46 @@
 
     opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
                                    compression=PowerSGD(rank=2))
+
+Every class in ``horovod_powersgd.core.registry.COMPRESSORS`` is exported here under its own name,
+taking the same keyword arguments as the core class (without the backend).
 """
 from __future__ import annotations
 
-from ..core import powersgd as _powersgd
+from ..core.registry import COMPRESSORS, parse_spec
 from .backend import TorchBackend
 
 
 class _TorchAdapter:
-    """Mixed into each core compressor: binds it to PyTorch + horovod.torch."""
+    """Mixed into each core compressor: binds it to PyTorch tensors and horovod.torch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(TorchBackend(self), *args, **kwargs)
 
     def register_parameters(self, named_parameters):
-        """Tell the compressor parameter names when it is not called by a Horovod optimizer."""
+        """Name parameters for callers that are not a Horovod optimizer (e.g. ``hvd.allreduce``)."""
         self.backend.namer.register(named_parameters)
         return self
 
 
-class PowerSGD(_TorchAdapter, _powersgd.PowerSGD):
-    __doc__ = _powersgd.PowerSGD.__doc__
-
-    def __init__(self, rank: int = 1, **kwargs):
-        super().__init__(TorchBackend(self), rank, **kwargs)
+def _adapt(core_class):
+    return type(core_class.__name__, (_TorchAdapter, core_class),
+                {"__doc__": core_class.__doc__, "__module__": __name__})
 
 
-__all__ = ["PowerSGD", "TorchBackend"]
+for _core_class in COMPRESSORS.values():
+    globals()[_core_class.__name__] = _adapt(_core_class)
+
+
+def from_spec(spec: str):
+    """A compressor from a string such as ``"powersgd:rank=2"``; ``"none"`` gives Horovod's
+    ``Compression.none``."""
+    name, kwargs = parse_spec(spec)
+    if name == "none":
+        from horovod.torch import Compression
+
+        return Compression.none
+    return globals()[COMPRESSORS[name].__name__](**kwargs)
+
+
+__all__ = [c.__name__ for c in COMPRESSORS.values()] + ["from_spec", "TorchBackend"]

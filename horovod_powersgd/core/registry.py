@@ -1,0 +1,38 @@
+"""Every compressor the package ships, by the name users type (``--compression powersgd:rank=2``).
+
+Framework adapters build their public classes from this table, so a compressor written once in
+``horovod_powersgd.core`` appears in ``horovod_powersgd.torch`` and ``horovod_powersgd.tensorflow``.
+"""
+from __future__ import annotations
+
+import ast
+from typing import Dict, Tuple
+
+from .powersgd import PowerSGD
+
+#: spec name -> core class; the adapters export each under the class's own name
+COMPRESSORS: Dict[str, type] = {
+    "powersgd": PowerSGD,
+}
+
+
+def parse_spec(spec: str) -> Tuple[str, dict]:
+    """``"powersgd:rank=2,power_iterations=2"`` -> ("powersgd", {"rank": 2, "power_iterations": 2}).
+
+    Values are Python literals (ints, floats, True/False, None) or bare strings. ``"none"`` means no
+    compression.
+    """
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name != "none" and name not in COMPRESSORS:
+        raise ValueError(f"unknown compressor {name!r}; choose from none, {', '.join(COMPRESSORS)}")
+    kwargs = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"compressor option {item!r} in {spec!r} is not key=value")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = value.strip()
+    return name, kwargs

@@ -1,0 +1,89 @@
+"""Run a pytest file on several Horovod processes, from an ordinary (single-process) pytest test.
+
+Each rank runs the same tests in the same order, so their collectives match. The whole launch is
+bounded by a timeout and killed as a process group, so a rank that fails or hangs fails the outer
+test instead of hanging CI. Launches take a machine-wide lock: two multi-process runs never share the
+two cores at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LOCK_PATH = "/tmp/horovod-powersgd-multiprocess.lock"
+LAUNCHERS = ("gloo", "mpi")
+
+
+@contextlib.contextmanager
+def machine_lock():
+    with open(LOCK_PATH, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def worker_env(extra=None) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "TF_USE_LEGACY_KERAS": "1",
+        "OMP_NUM_THREADS": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra or {})
+    return env
+
+
+def command(launcher: str, np: int, argv: list) -> list:
+    if launcher == "gloo":
+        return [str(BIN / "horovodrun"), "-np", str(np), "--gloo", *argv]
+    if launcher == "mpi":
+        return ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+                "--mca", "btl_vader_single_copy_mechanism", "none", "-np", str(np),
+                "-x", "PYTHONPATH", "-x", "TF_CPP_MIN_LOG_LEVEL", "-x", "TF_USE_LEGACY_KERAS",
+                "-x", "OMP_NUM_THREADS", "-x", "PYTHONUNBUFFERED", *argv]
+    raise ValueError(f"unknown launcher {launcher!r}")
+
+
+def run(launcher: str, argv: list, np: int = 2, timeout: float = 300, env=None):
+    """Run ``argv`` on ``np`` processes; returns (exit code, combined output). rc -9 = timed out."""
+    cmd = command(launcher, np, argv)
+    with machine_lock():
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            rc = -9
+            output += f"\n*** killed after {timeout} s (a rank hung)\n"
+        output += f"\n[{launcher} -np {np}: {time.monotonic() - start:.1f} s]\n"
+    return rc, output
+
+
+def run_pytest(launcher: str, test_file: str, np: int = 2, timeout: float = 300, env=None):
+    """Run one pytest file on every rank; asserts that all ranks passed."""
+    argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+            "-o", "addopts=", str(ROOT / test_file)]
+    rc, output = run(launcher, argv, np=np, timeout=timeout, env=env)
+    assert rc == 0, f"{test_file} failed under {launcher} -np {np} (rc={rc}):\n{output[-12000:]}"
+    summaries = [line for line in output.splitlines() if " passed" in line and " in " in line]
+    assert len(summaries) >= np, f"expected a pytest summary from each of {np} ranks:\n{output[-4000:]}"
+    print(output[-3000:])
+    return output
