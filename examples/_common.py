@@ -1,0 +1,195 @@
+"""What every PyTorch example shares: flags, Horovod set-up, the compressor from its spec, byte and
+time accounting, per-rank checkpoints, and the report.
+
+Examples import this as ``import _common`` (Python puts ``examples/`` on the path when a script in it
+runs); the benchmark adds ``examples/`` to ``sys.path`` and reuses the same pieces.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from horovod_powersgd.core.stats import CompressionStats
+
+
+def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float):
+    parser.add_argument("--compression", default="powersgd:rank=2",
+                        help="compressor spec for horovod_powersgd.torch.from_spec "
+                             "(e.g. powersgd:rank=2, powersgd:rank=1,start_step=10), 'fp16', or 'none'")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="per rank")
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="stop each epoch after this many batches (smoke runs)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="save model, optimizer and compressor state here after every epoch "
+                             "(one file per rank: PATH.rank<k>)")
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="rank 0 appends one JSON record per epoch and a final one here")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs, CI)")
+    return parser
+
+
+# ---------------------------------------------------------------------------- Horovod and threads
+def init_horovod():
+    """hvd.init() and one share of this machine's cores per local rank (oversubscribing 2 cores with
+    2 ranks × N intra-op threads makes every step slower and every timing noisier)."""
+    import horovod.torch as hvd
+
+    hvd.init()
+    threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // hvd.local_size())
+    torch.set_num_threads(threads)
+    return hvd
+
+
+# ---------------------------------------------------------------------------- compression objects
+class CountingCompression:
+    """Wraps one of Horovod's stateless compressors (``Compression.none`` / ``.fp16``) so that it
+    reports bytes and codec time through the same `CompressionStats` as ours.
+
+    A step ends when no tensor is in flight, as in `horovod_powersgd.core.compressor.Compressor`.
+    """
+
+    def __init__(self, inner, name: str):
+        self.inner, self.name = inner, name
+        self.stats = CompressionStats()
+        self._in_flight = 0
+
+    def compress(self, tensor):
+        start = time.perf_counter()
+        if self._in_flight == 0:
+            self.stats.begin_step()
+        self._in_flight += 1
+        wire, ctx = self.inner.compress(tensor)
+        self.stats.add(uncompressed=tensor.numel() * tensor.element_size(),
+                       sent=wire.numel() * wire.element_size(), compressed_tensor=wire is not tensor)
+        self.stats.compress_seconds += time.perf_counter() - start
+        return wire, ctx
+
+    def decompress(self, tensor, ctx):
+        start = time.perf_counter()
+        out = self.inner.decompress(tensor, ctx)
+        self._in_flight -= 1
+        self.stats.decompress_seconds += time.perf_counter() - start
+        if self._in_flight == 0:
+            self.stats.end_step()
+        return out
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def compression_from_spec(spec: str):
+    """Our compressor for ``spec``; ``none`` and (when our registry has no ``fp16``) ``fp16`` are
+    Horovod's own, wrapped to count bytes."""
+    from horovod.torch import Compression
+
+    from horovod_powersgd.torch import from_spec
+
+    name = spec.strip().split(":")[0].lower()
+    if name == "none":
+        return CountingCompression(Compression.none, "none")
+    try:
+        return from_spec(spec)
+    except ValueError:
+        if name == "fp16":
+            return CountingCompression(Compression.fp16, "fp16")
+        raise
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def rank_path(path: Path, rank: int) -> Path:
+    return path.with_name(f"{path.name}.rank{rank}")
+
+
+def save_checkpoint(path: Path, rank: int, epoch: int, model, optimizer, compression, extra=None):
+    """One file per rank: the model and optimizer are the same everywhere, but the compressor's error
+    buffers are this rank's own (they hold what *its* gradients lost to compression)."""
+    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "compression": compression.state_dict(), "torch_rng": torch.get_rng_state(),
+             "extra": extra or {}}
+    target = rank_path(path, rank)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, target)  # never leave a half-written checkpoint behind
+
+
+def load_checkpoint(path: Path, rank: int, model, optimizer, compression) -> dict:
+    target = rank_path(path, rank)
+    if not target.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint for rank {rank} at {target} "
+                                f"(was it saved with the same number of ranks?)")
+    state = torch.load(target, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    compression.load_state_dict(state["compression"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
+# ---------------------------------------------------------------------------- reporting
+def progress(iterable, *, enabled: bool, desc: str, total: int):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+class Reporter:
+    """Rank 0 prints one line per epoch and (with ``--json``) appends machine-readable records."""
+
+    def __init__(self, hvd, args, task: str, metric_name: str):
+        self.hvd, self.args, self.task, self.metric_name = hvd, args, task, metric_name
+        self.start = time.perf_counter()
+        self.train_seconds = 0.0
+
+    def epoch(self, epoch: int, train_loss: float, metric: float, compression, steps: int):
+        stats = compression.stats
+        record = {"task": self.task, "compression": self.args.compression, "epoch": epoch,
+                  "steps": steps, "train_loss": train_loss, self.metric_name: metric,
+                  "train_seconds": self.train_seconds,
+                  "wall_seconds": time.perf_counter() - self.start, "ranks": self.hvd.size(),
+                  "sent_bytes": stats.total.sent, "uncompressed_bytes": stats.total.uncompressed,
+                  "compression_ratio": stats.total.ratio,
+                  "codec_seconds": stats.compress_seconds + stats.decompress_seconds}
+        if self.hvd.rank() == 0:
+            print(f"epoch {epoch}: train loss {train_loss:.4f}  {self.metric_name} {metric:.4f}  "
+                  f"train {self.train_seconds:.1f} s  wall {record['wall_seconds']:.1f} s  "
+                  f"sent {stats.total.sent / 1e6:.2f} MB (ratio {stats.total.ratio:.1f}x)", flush=True)
+            self._write(record)
+        return record
+
+    def final(self, record: dict):
+        if self.hvd.rank() == 0:
+            print("RESULT " + json.dumps({**record, "final": True}), flush=True)
+            self._write({**record, "final": True})
+
+    def _write(self, record):
+        if self.args.json is not None:
+            self.args.json.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.args.json, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def average(hvd, value: float, name: str) -> float:
+    """The mean of a Python number over all ranks."""
+    return float(hvd.allreduce(torch.tensor([value], dtype=torch.float64), name=name).item())
+
+
+def total(hvd, value: float, name: str) -> float:
+    """The sum of a Python number over all ranks."""
+    return float(hvd.allreduce(torch.tensor([value], dtype=torch.float64), name=name,
+                               op=hvd.Sum).item())
