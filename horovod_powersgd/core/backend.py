@@ -86,8 +86,8 @@ class Backend(abc.ABC):
         ...
 
     @abc.abstractmethod
-    def zeros(self, shape: Sequence[int], dtype_name: str):
-        ...
+    def zeros(self, shape: Sequence[int], dtype_name: str, like=None):
+        """Zeros, on ``like``'s device when given."""
 
     @abc.abstractmethod
     def sum(self, tensor):
@@ -119,8 +119,11 @@ class Backend(abc.ABC):
         return tensor
 
     # ------------------------------------------------------------------ state
-    def new_state(self, value):
-        """A mutable slot for per-tensor state (error buffer, Q, counters) holding ``value``."""
+    def new_state(self, value, key: str = ""):
+        """A mutable slot for per-tensor state (error buffer, Q, counters) holding ``value``.
+
+        ``key`` is a stable, rank-independent name for the slot (``<tensor name>/<field>``) that
+        checkpointing backends may use."""
         return _Slot(value)
 
     def read_state(self, slot):
@@ -136,6 +139,60 @@ class Backend(abc.ABC):
     def import_tensor(self, value):
         """Inverse of `export_tensor`."""
         return self.from_numpy(np.asarray(value))
+
+    # ------------------------------------------------------------------ control flow
+    def cond(self, predicate, true_fn, false_fn):
+        """``true_fn()`` if ``predicate`` else ``false_fn()``; graph backends build both branches."""
+        return true_fn() if predicate else false_fn()
+
+    def seeded_normal(self, shape: Sequence[int], seed: int, step, like=None):
+        """Standard normal float32 tensor determined by (seed, step) alone: the same on every rank,
+        without touching any global RNG. ``step`` may be a tensor on graph backends."""
+        rng = np.random.default_rng([seed, int(step)])
+        return self.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32), like=like)
+
+    def seeded_indices(self, size: int, k: int, seed: int, step, like=None):
+        """``k`` distinct indices into ``range(size)``, sorted, int64, determined by (seed, step)
+        alone: the same on every rank, without touching any global RNG (Random-k's shared choice)."""
+        rng = np.random.default_rng([seed, int(step)])
+        indices = np.sort(rng.choice(size, size=k, replace=False)).astype(np.int64)
+        return self.from_numpy(indices, like=like)
+
+    # ------------------------------------------------------------------ sign and sparse ops
+    # Used by the baseline compressors (Signum, SignNorm, TopK, RandomK, BF16). Not abstract: a
+    # backend without them still runs PowerSGD.
+    def abs(self, tensor):
+        raise NotImplementedError(f"{type(self).__name__} has no abs")
+
+    def sign(self, tensor):
+        """Elementwise sign in {-1, 0, +1} (0 for 0)."""
+        raise NotImplementedError(f"{type(self).__name__} has no sign")
+
+    def pack_signs(self, tensor):
+        """The signs of a 1-D float tensor as bits, 1 where the element is >= 0, most significant
+        bit first, zero-padded to whole bytes: a uint8 tensor of ceil(len / 8) elements."""
+        raise NotImplementedError(f"{type(self).__name__} has no pack_signs")
+
+    def unpack_signs(self, packed, count: int):
+        """Inverse of `pack_signs` row by row: uint8 (rows, bytes) -> float32 (rows, count) of ±1."""
+        raise NotImplementedError(f"{type(self).__name__} has no unpack_signs")
+
+    def topk_indices(self, tensor, k: int):
+        """Indices (int64, any order) of the ``k`` largest-magnitude elements of a 1-D tensor."""
+        raise NotImplementedError(f"{type(self).__name__} has no topk_indices")
+
+    def gather(self, tensor, indices):
+        """``tensor[indices]`` for a 1-D tensor and integer indices."""
+        raise NotImplementedError(f"{type(self).__name__} has no gather")
+
+    def scatter_add(self, indices, values, size: int):
+        """A 1-D tensor of ``size`` zeros (``values``' dtype and device) with each ``values[i]``
+        added at ``indices[i]``; repeated indices add up."""
+        raise NotImplementedError(f"{type(self).__name__} has no scatter_add")
+
+    def bitcast(self, tensor, dtype_name: str):
+        """The same bits viewed as another dtype of the same width (bfloat16 <-> int16)."""
+        raise NotImplementedError(f"{type(self).__name__} has no bitcast")
 
     # ------------------------------------------------------------------ collectives
     @abc.abstractmethod
@@ -174,5 +231,5 @@ def compute_dtype(dtype_name: str) -> str:
 
 
 def itemsize(dtype_name: str) -> int:
-    return {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8,
+    return {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int16": 2, "int32": 4, "int64": 8,
             "uint8": 1, "int8": 1, "bool": 1}[dtype_name]

@@ -39,7 +39,12 @@ class Compressor:
         self.backend = backend
         self._tensors: Dict[str, Any] = {}
         self._in_flight: set = set()
-        self.stats = CompressionStats()
+        self._stats = CompressionStats()
+
+    @property
+    def stats(self) -> CompressionStats:
+        """Bytes saved and time spent (see `CompressionStats`)."""
+        return self._stats
 
     # ------------------------------------------------------------------ Horovod's interface
     def compress(self, tensor):
@@ -56,13 +61,13 @@ class Compressor:
                 f"previous result was decompressed (a step was abandoned halfway, or two optimizers "
                 f"share one compressor object); use one compressor per optimizer")
         if not self._in_flight:
-            self.stats.begin_step()
+            self._stats.begin_step()
         self._in_flight.add(identity.name)
         shape = tuple(self.backend.shape(tensor))
         wire, ctx = self._compress(tensor, Ctx(identity, shape, dtype, compressed=True))
-        self.stats.add(uncompressed=self._nbytes(tensor), sent=self._nbytes(wire),
+        self._stats.add(uncompressed=self._nbytes(tensor), sent=self._nbytes(wire),
                        compressed_tensor=ctx.compressed)
-        self.stats.compress_seconds += self.backend.clock() - start
+        self._stats.compress_seconds += self.backend.clock() - start
         return wire, ctx
 
     def decompress(self, tensor, ctx):
@@ -72,10 +77,10 @@ class Compressor:
         start = self.backend.clock()
         out = self._decompress(tensor, ctx) if ctx.compressed else tensor
         self._in_flight.discard(ctx.identity.name)
-        self.stats.decompress_seconds += self.backend.clock() - start
+        self._stats.decompress_seconds += self.backend.clock() - start
         if not self._in_flight:
             self._finish_step()
-            self.stats.end_step()
+            self._stats.end_step()
         return out
 
     # ------------------------------------------------------------------ for subclasses
@@ -96,7 +101,7 @@ class Compressor:
 
     def _sent(self, tensor) -> None:
         """Account for a tensor this compressor puts on the wire itself (second rounds)."""
-        self.stats.add(sent=self._nbytes(tensor))
+        self._stats.add(sent=self._nbytes(tensor))
 
     # ------------------------------------------------------------------ checkpointing
     def config(self) -> dict:
@@ -118,14 +123,14 @@ class Compressor:
         if state_dict.get("config") != self.config():
             raise ValueError(f"state was saved with config {state_dict.get('config')}, this "
                              f"compressor has {self.config()}")
-        self._tensors = {name: self._import_tensor_state(value)
+        self._tensors = {name: self._import_tensor_state(name, value)
                          for name, value in state_dict["tensors"].items()}
         self._in_flight.clear()
 
     def _export_tensor_state(self, state) -> dict:
         raise NotImplementedError
 
-    def _import_tensor_state(self, value: dict):
+    def _import_tensor_state(self, name: str, value: dict):
         raise NotImplementedError
 
 

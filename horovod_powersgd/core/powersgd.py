@@ -85,9 +85,9 @@ class _TensorState:
     shape: tuple
     matrix: Optional[tuple]  # (n, m) of the reshaped gradient
     rank: int  # effective rank: min(r, n, m)
-    step: int = 0
-    q: object = None  # backend slot: m×r warm-start Q (compute dtype)
-    error: object = None  # backend slot: n×m error buffer, None until the first compressed step
+    step: object = None  # backend slot: how many times this tensor was compressed
+    q: object = None  # backend slot: m×r warm-start Q (compute dtype), created at first use
+    error: object = None  # backend slot: n×m error buffer, created (zero) at first use
 
 
 @dataclasses.dataclass
@@ -137,6 +137,7 @@ class PowerSGD(Compressor):
         state = self._tensors.get(name)
         if state is None:
             state = self._tensors[name] = self._new_state(ctx.shape)
+            state.step = self.backend.new_state(0, key=f"{name}/step")
         elif state.shape != ctx.shape:
             raise ValueError(f"PowerSGD: gradient {name!r} changed shape from {state.shape} to "
                              f"{ctx.shape}; state is keyed by parameter name")
@@ -157,13 +158,15 @@ class PowerSGD(Compressor):
         key = zlib.crc32(f"{self.cfg.seed}/{m}/{rank}/{step}".encode())
         return np.random.default_rng(key).standard_normal((m, rank)).astype(np.float32)
 
-    def _q(self, state: _TensorState, M, dtype: str):
+    def _q(self, name: str, state: _TensorState, M, step, dtype: str):
         b = self.backend
         m = state.matrix[1]
-        if not self.cfg.warm_start:
-            return b.cast(b.from_numpy(self.initial_q(m, state.rank, state.step), like=M), dtype)
+        if not self.cfg.warm_start:  # a fresh Q every step, identical on all ranks
+            key = zlib.crc32(f"{self.cfg.seed}/{m}/{state.rank}".encode())
+            return b.cast(b.seeded_normal((m, state.rank), key, step, like=M), dtype)
         if state.q is None:
-            state.q = b.new_state(b.cast(b.from_numpy(self.initial_q(m, state.rank), like=M), dtype))
+            state.q = b.new_state(b.cast(b.from_numpy(self.initial_q(m, state.rank), like=M), dtype),
+                                  key=f"{name}/q")
         return b.to_device_of(b.read_state(state.q), M)
 
     def _wire(self, tensor):
@@ -171,24 +174,39 @@ class PowerSGD(Compressor):
 
     # ------------------------------------------------------------------ phase 1: compress
     def _compress(self, tensor, ctx: Ctx):
+        b = self.backend
         state = self._state(ctx)
-        step, state.step = state.step, state.step + 1
-        if state.matrix is None or step < self.cfg.start_step:
+        step = b.read_state(state.step)
+        b.write_state(state.step, step + 1)
+        # Eager backends decide warm-up here and send the gradient as it is; graph backends cannot
+        # change the wire shape per step, so they send P and choose in `_decompress`.
+        if state.matrix is None or (b.deferred and step < self.cfg.start_step):
             ctx.compressed = False
             return tensor, ctx
-        b = self.backend
         dtype = compute_dtype(ctx.dtype)
+        name = ctx.identity.name
         M = b.reshape(b.cast(tensor, dtype), state.matrix)
-        if self.cfg.error_feedback and state.error is not None:
+        if self.cfg.error_feedback:
+            if state.error is None:
+                state.error = b.new_state(b.zeros(state.matrix, dtype, like=M), key=f"{name}/error")
             M = M + b.to_device_of(b.read_state(state.error), M)
-        P = M @ self._q(state, M, dtype)
-        ctx.payload = (state, M)
+        P = M @ self._q(name, state, M, step, dtype)
+        ctx.payload = (state, M, step, tensor)
         return self._wire(P), ctx
 
     # ------------------------------------------------------------------ phase 2: decompress
     def _decompress(self, P_reduced, ctx: Ctx):
-        state, M = ctx.payload
+        state, M, step, gradient = ctx.payload
         ctx.payload = None
+        b = self.backend
+        if not b.deferred and self.cfg.start_step > 0:  # graph backends: warm-up chosen per step
+            return b.cond(step < self.cfg.start_step,
+                          lambda: b.wait(b.allreduce_async(
+                              gradient, f"powersgd.warmup.{ctx.identity.name}", ctx.identity)),
+                          lambda: self._low_rank(P_reduced, ctx, state, M))
+        return self._low_rank(P_reduced, ctx, state, M)
+
+    def _low_rank(self, P_reduced, ctx: Ctx, state: _TensorState, M):
         b = self.backend
         dtype = compute_dtype(ctx.dtype)
         P_hat = orthogonalize(b, b.cast(P_reduced, dtype), self.cfg.orthogonalization_epsilon)
@@ -210,7 +228,7 @@ class PowerSGD(Compressor):
     def _wait(self, handle, dtype):
         start = self.backend.clock()
         result = self.backend.wait(handle)
-        self.stats.wait_seconds += self.backend.clock() - start
+        self._stats.wait_seconds += self.backend.clock() - start
         return self.backend.cast(result, dtype)
 
     # ------------------------------------------------------------------ phase 3: finish
@@ -246,11 +264,7 @@ class PowerSGD(Compressor):
         reduced = job.P_hat @ b.transpose(job.Q)  # the average (or, for op=Sum, the sum) over ranks
         if self.cfg.error_feedback:
             average = reduced if identity.op is ReduceOp.AVERAGE else reduced / identity.group_size
-            error = job.M - average
-            if state.error is None:
-                state.error = b.new_state(error)
-            else:
-                b.write_state(state.error, error)
+            b.write_state(state.error, job.M - average)
         if self.cfg.warm_start:
             b.write_state(state.q, job.Q)
         result = b.cast(b.reshape(reduced, job.ctx.shape), job.ctx.dtype)
@@ -262,16 +276,16 @@ class PowerSGD(Compressor):
 
     # ------------------------------------------------------------------ checkpointing
     def _export_tensor_state(self, state: _TensorState) -> dict:
-        return {"shape": list(state.shape), "step": state.step,
+        return {"shape": list(state.shape), "step": int(self.backend.read_state(state.step)),
                 "q": None if state.q is None else export_value(self.backend, state.q),
                 "error": None if state.error is None else export_value(self.backend, state.error)}
 
-    def _import_tensor_state(self, value: dict) -> _TensorState:
+    def _import_tensor_state(self, name: str, value: dict) -> _TensorState:
         state = self._new_state(tuple(value["shape"]))
-        state.step = int(value["step"])
         b = self.backend
+        state.step = b.new_state(int(value["step"]), key=f"{name}/step")
         if value["q"] is not None:
-            state.q = b.new_state(b.import_tensor(value["q"]))
+            state.q = b.new_state(b.import_tensor(value["q"]), key=f"{name}/q")
         if value["error"] is not None:
-            state.error = b.new_state(b.import_tensor(value["error"]))
+            state.error = b.new_state(b.import_tensor(value["error"]), key=f"{name}/error")
         return state

@@ -53,7 +53,7 @@ class NumpyBackend(Backend):
     def to_numpy(self, tensor):
         return np.asarray(tensor)
 
-    def zeros(self, shape, dtype_name):
+    def zeros(self, shape, dtype_name, like=None):
         return np.zeros(tuple(shape), dtype=_np_dtype(dtype_name))
 
     def sum(self, tensor):
@@ -67,6 +67,34 @@ class NumpyBackend(Backend):
 
     def stack_columns(self, columns):
         return np.stack(columns, axis=1)
+
+    def abs(self, tensor):
+        return np.abs(tensor)
+
+    def sign(self, tensor):
+        return np.sign(tensor)
+
+    def pack_signs(self, tensor):
+        return np.packbits(np.asarray(tensor) >= 0)  # big-endian bit order: MSB first
+
+    def unpack_signs(self, packed, count):
+        bits = np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=1, count=count)
+        return bits.astype(np.float32) * 2 - 1
+
+    def topk_indices(self, tensor, k):
+        magnitude = np.abs(tensor)
+        return np.argpartition(-magnitude, k - 1)[:k].astype(np.int64)
+
+    def gather(self, tensor, indices):
+        return np.asarray(tensor)[np.asarray(indices)]
+
+    def scatter_add(self, indices, values, size):
+        out = np.zeros(size, dtype=np.asarray(values).dtype)
+        np.add.at(out, np.asarray(indices, dtype=np.int64), values)  # unbuffered: repeats add up
+        return out
+
+    def bitcast(self, tensor, dtype_name):
+        return np.asarray(tensor).view(_np_dtype(dtype_name))
 
     def empty(self, shape, dtype_name, like=None):
         return np.empty(tuple(shape), dtype=_np_dtype(dtype_name))
@@ -85,6 +113,11 @@ class NumpyBackend(Backend):
 
 
 def _np_dtype(name: str):
-    if name == "bfloat16":
-        raise TypeError("the NumPy reference backend has no bfloat16")
+    if name == "bfloat16":  # NumPy has none; ml_dtypes (a TensorFlow/JAX dependency) adds a real one
+        try:
+            import ml_dtypes
+        except ImportError as exc:
+            raise TypeError("the NumPy reference backend needs the ml_dtypes package for bfloat16 "
+                            "(pip install ml_dtypes)") from exc
+        return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)

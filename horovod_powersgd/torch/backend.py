@@ -8,7 +8,9 @@ from ..core.backend import Backend, ReduceOp, TensorIdentity
 from .naming import ParameterNamer
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-           "float64": torch.float64}
+           "float64": torch.float64, "uint8": torch.uint8, "int16": torch.int16,
+           "int32": torch.int32, "int64": torch.int64}
+_BIT_SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)  # MSB first, as numpy.packbits
 
 
 class TorchBackend(Backend):
@@ -42,8 +44,9 @@ class TorchBackend(Backend):
     def to_numpy(self, tensor):
         return tensor.detach().cpu().numpy()
 
-    def zeros(self, shape, dtype_name):
-        return torch.zeros(tuple(shape), dtype=_DTYPES[dtype_name])
+    def zeros(self, shape, dtype_name, like=None):
+        return torch.zeros(tuple(shape), dtype=_DTYPES[dtype_name],
+                           device=None if like is None else like.device)
 
     def sum(self, tensor):
         return tensor.sum()
@@ -56,6 +59,34 @@ class TorchBackend(Backend):
 
     def stack_columns(self, columns):
         return torch.stack(list(columns), dim=1)
+
+    def abs(self, tensor):
+        return tensor.abs()
+
+    def sign(self, tensor):
+        return tensor.sign()
+
+    def pack_signs(self, tensor):
+        bits = (tensor.reshape(-1) >= 0).to(torch.uint8)
+        bits = torch.nn.functional.pad(bits, (0, -bits.numel() % 8)).reshape(-1, 8)
+        return (bits << _BIT_SHIFTS.to(bits.device)).sum(1, dtype=torch.uint8)
+
+    def unpack_signs(self, packed, count):
+        bits = (packed.unsqueeze(-1) >> _BIT_SHIFTS.to(packed.device)) & 1
+        return bits.reshape(packed.shape[0], -1)[:, :count].to(torch.float32) * 2 - 1
+
+    def topk_indices(self, tensor, k):
+        return torch.topk(tensor.abs(), k, sorted=False).indices
+
+    def gather(self, tensor, indices):
+        return tensor[indices.long()]
+
+    def scatter_add(self, indices, values, size):
+        out = torch.zeros(size, dtype=values.dtype, device=values.device)
+        return out.index_add_(0, indices.long(), values)
+
+    def bitcast(self, tensor, dtype_name):
+        return tensor.view(_DTYPES[dtype_name])
 
     def empty(self, shape, dtype_name, like):
         return torch.empty(tuple(shape), dtype=_DTYPES[dtype_name], device=like.device)

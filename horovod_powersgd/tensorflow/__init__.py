@@ -1,0 +1,100 @@
+"""TensorFlow 2 / Keras compressors for ``hvd.DistributedGradientTape`` and ``hvd.DistributedOptimizer``.
+
+    import horovod.tensorflow as hvd
+    from horovod_powersgd.tensorflow import PowerSGD
+
+    compression = PowerSGD(rank=2)
+    tape = hvd.DistributedGradientTape(tape, compression=compression)
+
+Keras (``horovod.tensorflow.keras``; needs tf-keras and ``TF_USE_LEGACY_KERAS=1``):
+``hvd.DistributedOptimizer(opt, compression=PowerSGD(rank=2))``.
+
+Same classes, knobs and defaults as ``horovod_powersgd.torch`` (every class in
+``horovod_powersgd.core.registry.COMPRESSORS``). State lives in ``tf.Variable``s owned by the
+compressor, which is trackable: ``tf.train.Checkpoint(model=..., optimizer=..., compression=c)``
+saves and restores it (also before the first step: restoration is deferred until the state exists).
+"""
+from __future__ import annotations
+
+import re
+
+import tensorflow as tf
+
+from ..core.registry import COMPRESSORS, parse_spec
+from ..core.stats import CompressionStats, StepBytes
+from .backend import TensorFlowBackend
+
+_Trackable = tf.__internal__.tracking.Trackable
+
+
+class _TensorFlowAdapter:
+    """Mixed into each core compressor: binds it to TensorFlow and horovod.tensorflow."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(TensorFlowBackend(self), *args, **kwargs)
+        self._graph_counts = {}  # tensor name -> (tf.Variable step count, uncompressed, sent bytes)
+
+    # Trackable's default equality/hash are identity-based; Horovod caches its traced all-reduce
+    # function keyed on the compression object, so it must stay hashable.
+    __hash__ = object.__hash__
+
+    def _track_state(self, variable, key: str) -> None:
+        self._track_trackable(variable, name=re.sub(r"[^A-Za-z0-9_]", "_", key), overwrite=True)
+
+    # ------------------------------------------------------------------ stats in graph mode
+    def decompress(self, tensor, ctx):
+        out = super().decompress(tensor, ctx)
+        if ctx is not None:
+            # In a trace, compress/decompress of one tensor form a window of their own, so the base
+            # class's last_step holds exactly this tensor's bytes, all rounds included.
+            self._count(ctx.identity.name, self._stats.last_step)
+        return out
+
+    def _count(self, name: str, step_bytes: StepBytes) -> None:
+        """Bytes are static per trace; how often the trace runs is counted by a graph variable."""
+        entry = self._graph_counts.get(name)
+        if entry is None:
+            with tf.init_scope():
+                counter = tf.Variable(tf.constant(0, tf.int64), trainable=False)
+            entry = self._graph_counts[name] = [counter, None]
+        entry[1] = step_bytes
+        entry[0].assign_add(1)
+
+    @property
+    def stats(self) -> CompressionStats:
+        """Bytes per step (what the current traces send) and totals from in-graph step counters.
+        Host-side times are not meaningful for graph ops and are reported as NaN."""
+        counts = {name: int(entry[0].numpy()) for name, entry in self._graph_counts.items()}
+        stats = CompressionStats()
+        stats.steps = max(counts.values(), default=0)
+        last = [e[1] for name, e in self._graph_counts.items() if counts[name] == stats.steps]
+        stats.last_step = StepBytes(sum(b.uncompressed for b in last), sum(b.sent for b in last))
+        stats.total = StepBytes(
+            sum(counts[n] * e[1].uncompressed for n, e in self._graph_counts.items()),
+            sum(counts[n] * e[1].sent for n, e in self._graph_counts.items()))
+        stats.compress_seconds = stats.decompress_seconds = stats.wait_seconds = float("nan")
+        return stats
+
+
+def _adapt(core_class):
+    # Trackable last: Compressor.__init__ does not chain to it, and Trackable initializes lazily.
+    return type(core_class.__name__, (_TensorFlowAdapter, core_class, _Trackable),
+                {"__doc__": core_class.__doc__, "__module__": __name__})
+
+
+for _core_class in COMPRESSORS.values():
+    globals()[_core_class.__name__] = _adapt(_core_class)
+
+
+def from_spec(spec: str):
+    """A compressor from a string such as ``"powersgd:rank=2"``; ``"none"`` gives Horovod's
+    ``Compression.none``."""
+    name, kwargs = parse_spec(spec)
+    if name == "none":
+        from horovod.tensorflow import Compression
+
+        return Compression.none
+    return globals()[COMPRESSORS[name].__name__](**kwargs)
+
+
+__all__ = [c.__name__ for c in COMPRESSORS.values()] + ["from_spec", "TensorFlowBackend"]

@@ -1,0 +1,128 @@
+"""`Backend` for TensorFlow tensors and ``horovod.tensorflow`` collectives (graph semantics).
+
+Horovod traces ``compress``/``decompress`` once per ``tf.function`` trace, so every step-to-step
+effect must be a graph op: state lives in ``tf.Variable``s (created outside the trace with
+``tf.init_scope``), collectives return symbolic results (Horovod runs and fuses them when the graph
+executes), and per-step choices are ``tf.cond``s.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from ..core.backend import Backend, ReduceOp, TensorIdentity
+from .naming import VariableNamer
+
+
+class TensorFlowBackend(Backend):
+    deferred = False
+
+    def __init__(self, owner):
+        self.namer = VariableNamer(owner)
+        self._owner = owner
+
+    def identify(self, tensor) -> TensorIdentity:
+        return self.namer.identify(tensor)
+
+    def shape(self, tensor):
+        shape = tensor.shape
+        if shape.rank is None or any(d is None for d in shape.as_list()):
+            raise ValueError(f"gradient shape {shape} is not fully known while tracing; "
+                             f"compression needs static gradient shapes")
+        return tuple(shape.as_list())
+
+    def dtype_name(self, tensor) -> str:
+        return tf.as_dtype(tensor.dtype).name
+
+    def cast(self, tensor, dtype_name):
+        return tf.cast(tensor, dtype_name)
+
+    def reshape(self, tensor, shape):
+        return tf.reshape(tensor, tuple(shape))
+
+    def transpose(self, matrix):
+        return tf.transpose(matrix)
+
+    def from_numpy(self, array, like=None):
+        return tf.constant(array)
+
+    def to_numpy(self, tensor):
+        return tensor.numpy()
+
+    def zeros(self, shape, dtype_name, like=None):
+        return tf.zeros(tuple(shape), dtype=dtype_name)
+
+    def sum(self, tensor):
+        return tf.reduce_sum(tensor)
+
+    def sqrt(self, tensor):
+        return tf.sqrt(tensor)
+
+    def columns(self, matrix):
+        return tf.unstack(matrix, axis=1)
+
+    def stack_columns(self, columns):
+        return tf.stack(list(columns), axis=1)
+
+    # ------------------------------------------------------------------ state: tf.Variables
+    def new_state(self, value, key: str = ""):
+        """A non-trainable variable holding ``value``, created eagerly (outside any trace) and
+        tracked by the compressor for ``tf.train.Checkpoint`` under ``key``."""
+        if isinstance(value, (int, np.integer)):
+            value = np.int64(value)
+        elif tf.is_tensor(value):
+            static = tf.get_static_value(value)  # zeros and seeded Q are constants even in a trace
+            value = value if static is None else static
+        with tf.init_scope():
+            dynamic = tf.is_tensor(value) and not hasattr(value, "numpy")
+            initial = tf.zeros(value.shape, value.dtype) if dynamic else value
+            variable = tf.Variable(initial, trainable=False)
+            # Tracking may restore a checkpointed value into the new variable (deferred restore):
+            # that must happen eagerly, not as an op of the graph being traced.
+            self._owner._track_state(variable, key)
+        if dynamic:
+            variable.assign(value)
+        return variable
+
+    def read_state(self, slot):
+        return slot.read_value() if isinstance(slot, tf.Variable) else slot
+
+    def write_state(self, slot, value) -> None:
+        slot.assign(value)
+
+    def export_tensor(self, tensor):
+        return np.array(tensor.numpy(), copy=True)
+
+    def import_tensor(self, value):
+        return tf.constant(np.asarray(value))
+
+    # ------------------------------------------------------------------ control flow
+    def cond(self, predicate, true_fn, false_fn):
+        return tf.cond(predicate, true_fn, false_fn)
+
+    def seeded_normal(self, shape, seed, step, like=None):
+        seeds = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
+        return tf.random.stateless_normal(tuple(shape), seed=seeds, dtype=tf.float32)
+
+    # ------------------------------------------------------------------ collectives
+    # Collective names become op names: parameter-derived names are made op-name safe.
+    def allreduce_async(self, tensor, name, identity):
+        import horovod.tensorflow as hvd
+
+        op = hvd.Average if identity.op is ReduceOp.AVERAGE else hvd.Sum
+        return hvd.allreduce(tensor, op=op, process_set=identity.process_set,
+                             name=_op_name(name))
+
+    def allgather_async(self, tensor, name, identity):
+        import horovod.tensorflow as hvd
+
+        return hvd.allgather(tensor, process_set=identity.process_set, name=_op_name(name))
+
+    def wait(self, handle):
+        return handle
+
+
+def _op_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)

@@ -1,0 +1,79 @@
+"""Which variable is this gradient? — for TensorFlow gradients handed to ``compress``.
+
+Horovod's TensorFlow integration (``DistributedGradientTape``, the legacy and Keras
+``DistributedOptimizer``, local gradient aggregation) reduces gradients in one function,
+``allreduce_grads(grads, vars)``, which calls ``compress`` for each gradient inside a ``tf.cond``
+branch while it is traced. We find that frame on the call stack and match the gradient by identity in
+``grads``: the variable at the same index owns it. The variable's name (made unique in order of first
+sight) keys the state, so retracing — new input shapes, a second ``tf.function`` — finds the same error
+buffer for the same variable. ``op`` and ``process_set`` come from the ``allreduce`` call that invoked
+us. Nothing in Horovod is patched.
+"""
+from __future__ import annotations
+
+import sys
+import weakref
+
+from ..core.backend import ReduceOp, TensorIdentity
+
+_MAX_FRAMES = 80  # tf.cond tracing and AutoGraph put ~30 frames between allreduce_grads and us
+
+
+class VariableNamer:
+    def __init__(self, owner):
+        self._owner = weakref.ref(owner)
+        self._names = {}  # variable.ref() -> unique name
+        self._taken = set()
+
+    def identify(self, tensor) -> TensorIdentity:
+        owner = self._owner()
+        op = process_set = variable = None
+        frame = sys._getframe(2)
+        for _ in range(_MAX_FRAMES):
+            if frame is None:
+                break
+            local = frame.f_locals
+            if op is None and local.get("compression") is owner and "op" in local:
+                op, process_set = local["op"], local.get("process_set")
+            grads, variables = local.get("grads"), local.get("vars")
+            if variables is not None and isinstance(grads, (list, tuple)):
+                for grad, var in zip(grads, variables):
+                    if grad is tensor:
+                        variable = var
+                        break
+                if variable is not None:
+                    break
+            frame = frame.f_back
+        if variable is None:
+            raise LookupError(
+                f"{type(owner).__name__}: cannot tell which variable this gradient (shape "
+                f"{tensor.shape}) belongs to. Use it through hvd.DistributedGradientTape(..., "
+                f"compression=...) or hvd.DistributedOptimizer(..., compression=...).")
+        return self._identity(self._name_of(variable), op, process_set)
+
+    def _name_of(self, variable) -> str:
+        ref = variable.ref()
+        name = self._names.get(ref)
+        if name is None:
+            base = variable.name.split(":")[0]
+            name, suffix = base, 1
+            while name in self._taken:  # two variables with one name: keep them apart, in order
+                name, suffix = f"{base}_{suffix}", suffix + 1
+            self._taken.add(name)
+            self._names[ref] = name
+        return name
+
+    @staticmethod
+    def _identity(name, op, process_set) -> TensorIdentity:
+        import horovod.tensorflow as hvd
+
+        if op is None or op == hvd.Average:
+            reduce_op = ReduceOp.AVERAGE
+        elif op == hvd.Sum:
+            reduce_op = ReduceOp.SUM
+        else:
+            raise ValueError(f"gradient compression supports op=hvd.Average and op=hvd.Sum, got "
+                             f"op={op} (Adasum is not linear: compressed factors cannot be combined by it)")
+        if process_set is None:
+            process_set = hvd.global_process_set
+        return TensorIdentity(name, reduce_op, process_set.size(), process_set)
