@@ -42,6 +42,7 @@ def worker_env(extra=None) -> dict:
         "OMPI_ALLOW_RUN_AS_ROOT": "1",
         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
         "PYTHONUNBUFFERED": "1",
+        "HOROVOD_DYNAMIC_PROCESS_SETS": "1",  # lets tests add non-global process sets
     })
     env.update(extra or {})
     return env
@@ -54,7 +55,8 @@ def command(launcher: str, np: int, argv: list) -> list:
         return ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
                 "--mca", "btl_vader_single_copy_mechanism", "none", "-np", str(np),
                 "-x", "PYTHONPATH", "-x", "TF_CPP_MIN_LOG_LEVEL", "-x", "TF_USE_LEGACY_KERAS",
-                "-x", "OMP_NUM_THREADS", "-x", "PYTHONUNBUFFERED", *argv]
+                "-x", "OMP_NUM_THREADS", "-x", "PYTHONUNBUFFERED",
+                "-x", "HOROVOD_DYNAMIC_PROCESS_SETS", *argv]
     raise ValueError(f"unknown launcher {launcher!r}")
 
 
