@@ -34,9 +34,10 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .backend import Backend, ReduceOp, compute_dtype
+from .backend import Backend, ReduceOp, compute_dtype, itemsize
 from .compressor import Compressor, Ctx, export_value
 from .orthogonalize import orthogonalize
+from .wire import Wire, numel
 
 
 class PowerSGDConfig(NamedTuple):
@@ -117,6 +118,24 @@ class PowerSGD(Compressor):
     Sends r(n+m) numbers per compressed n×m matrix (two all-reduces), all other tensors as they are.
     Biased; error feedback makes it converge like uncompressed SGD in the paper's experiments.
     """
+
+    wire = Wire("allreduce", "32·k·r(n+m)/(n·m)", biased=True, error_feedback=True,
+                note="k power iterations, each one P and one Q all-reduce; warm start")
+    wire_variants = (("error_feedback=False",
+                      Wire("allreduce", "32·k·r(n+m)/(n·m)", biased=True, error_feedback=False,
+                           note="no memory: what the approximation misses is lost")),
+                     ("wire_dtype='float16'",
+                      Wire("allreduce", "16·k·r(n+m)/(n·m)", biased=True, error_feedback=True,
+                           note="P and Q sent in float16, orthogonalized in float32")))
+
+    def wire_bytes(self, shape, dtype: str = "float32") -> int:
+        """Bytes this rank sends per step for one gradient of ``shape`` (after ``start_step``)."""
+        state = self._new_state(tuple(shape))
+        if state.matrix is None:
+            return numel(shape) * itemsize(dtype)
+        n, m = state.matrix
+        number = itemsize(self.cfg.wire_dtype or compute_dtype(dtype))
+        return self.cfg.power_iterations * state.rank * (n + m) * number
 
     def __init__(self, backend: Backend, rank: int = 1, *, power_iterations: int = 1,
                  warm_start: bool = True, error_feedback: bool = True,

@@ -8,11 +8,25 @@ from __future__ import annotations
 import ast
 from typing import Dict, Tuple
 
+from .bf16 import BF16
+from .fp16 import FP16
 from .powersgd import PowerSGD
+from .randomk import RandomK
+from .signnorm import SignNorm
+from .signum import Signum
+from .topk import TopK
+from .unbiased_lowrank import UnbiasedLowRank
 
 #: spec name -> core class; the adapters export each under the class's own name
 COMPRESSORS: Dict[str, type] = {
     "powersgd": PowerSGD,
+    "unbiased_lowrank": UnbiasedLowRank,
+    "signum": Signum,
+    "signnorm": SignNorm,
+    "topk": TopK,
+    "randomk": RandomK,
+    "fp16": FP16,
+    "bf16": BF16,
 }
 
 

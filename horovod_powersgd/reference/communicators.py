@@ -61,11 +61,20 @@ class ThreadGroup:
     # -- used by ThreadCommunicator
     def _contribute(self, name: str, rank: int, kind: str, array, op):
         with self._lock:
+            # A fast rank may reuse a name (next step, same tensor) before the slower ranks have
+            # read the previous result: wait until that round is released.
+            def free():
+                return self._failed is not None or rank not in self._slots.get(name, {}).get("parts", ())
+
+            released = self._lock.wait_for(free, timeout=self.timeout)
+            if self._failed is not None:
+                raise RuntimeError("another simulated rank failed")
+            if not released:
+                raise RuntimeError(f"collective {name!r} submitted twice by rank {rank} "
+                                   f"(or its previous result was never read by every rank)")
             slot = self._slots.setdefault(name, {"kind": kind, "parts": {}, "readers": 0})
             if slot["kind"] != kind:
                 raise RuntimeError(f"collective {name!r}: ranks disagree on the operation")
-            if rank in slot["parts"]:
-                raise RuntimeError(f"collective {name!r} submitted twice by rank {rank}")
             slot["parts"][rank] = (np.array(array, copy=True), op)
             self._lock.notify_all()
         return name
@@ -84,6 +93,7 @@ class ThreadGroup:
             slot["readers"] += 1
             if slot["readers"] == self.size:
                 del self._slots[name]
+                self._lock.notify_all()
         arrays = [a for a, _ in parts]
         if slot["kind"] == "allgather":
             return np.concatenate(arrays, axis=0)

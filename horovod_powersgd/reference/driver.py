@@ -7,8 +7,9 @@ import numpy as np
 
 
 def reduce_gradients(compressor, gradients: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """One step of Horovod's pattern for every named gradient: compress all, reduce each result
-    with the compressor's first-round collective, then decompress all in the same order.
+    """One step of Horovod's pattern for every named gradient: compress all, all-reduce each result
+    (Horovod's optimizers only ever all-reduce what ``compress`` returns; all-gather compressors
+    start their all-gathers inside ``compress``), then decompress all in the same order.
 
     ``compressor.backend`` must be a `NumpyBackend`. Returns the reduced gradients by name.
     """
@@ -18,11 +19,7 @@ def reduce_gradients(compressor, gradients: Dict[str, np.ndarray]) -> Dict[str, 
         grad = np.asarray(grad)
         backend.name_tensor(grad, name)
         wire, ctx = compressor.compress(grad)
-        identity = ctx.identity if ctx is not None else None
-        if compressor.collective == "allgather":
-            handle = backend.comm.allgather_async(wire, f"horovod.{name}")
-        else:
-            handle = backend.comm.allreduce_async(wire, f"horovod.{name}", identity.op)
+        handle = backend.comm.allreduce_async(wire, f"horovod.{name}", ctx.identity.op)
         submitted.append((name, handle, ctx))
     results = {}
     for name, handle, ctx in submitted:
