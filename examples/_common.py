@@ -6,36 +6,15 @@ runs); the benchmark adds ``examples/`` to ``sys.path`` and reuses the same piec
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from horovod_powersgd.core.stats import CompressionStats
-
-
-def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float):
-    parser.add_argument("--compression", default="powersgd:rank=2",
-                        help="compressor spec for horovod_powersgd.torch.from_spec "
-                             "(e.g. powersgd:rank=2, powersgd:rank=1,start_step=10), 'fp16', or 'none'")
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--batch-size", type=int, default=batch_size, help="per rank")
-    parser.add_argument("--lr", type=float, default=lr)
-    parser.add_argument("--max-batches", type=int, default=None,
-                        help="stop each epoch after this many batches (smoke runs)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="save model, optimizer and compressor state here after every epoch "
-                             "(one file per rank: PATH.rank<k>)")
-    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--json", type=Path, default=None,
-                        help="rank 0 appends one JSON record per epoch and a final one here")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs, CI)")
-    return parser
+from _flags import add_common_flags  # noqa: F401  (re-exported for the examples)
+from _report import Reporter, progress  # noqa: F401
 
 
 # ---------------------------------------------------------------------------- Horovod and threads
@@ -137,51 +116,6 @@ def load_checkpoint(path: Path, rank: int, model, optimizer, compression) -> dic
     compression.load_state_dict(state["compression"])
     torch.set_rng_state(state["torch_rng"])
     return state
-
-
-# ---------------------------------------------------------------------------- reporting
-def progress(iterable, *, enabled: bool, desc: str, total: int):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
-
-
-class Reporter:
-    """Rank 0 prints one line per epoch and (with ``--json``) appends machine-readable records."""
-
-    def __init__(self, hvd, args, task: str, metric_name: str):
-        self.hvd, self.args, self.task, self.metric_name = hvd, args, task, metric_name
-        self.start = time.perf_counter()
-        self.train_seconds = 0.0
-
-    def epoch(self, epoch: int, train_loss: float, metric: float, compression, steps: int):
-        stats = compression.stats
-        record = {"task": self.task, "compression": self.args.compression, "epoch": epoch,
-                  "steps": steps, "train_loss": train_loss, self.metric_name: metric,
-                  "train_seconds": self.train_seconds,
-                  "wall_seconds": time.perf_counter() - self.start, "ranks": self.hvd.size(),
-                  "sent_bytes": stats.total.sent, "uncompressed_bytes": stats.total.uncompressed,
-                  "compression_ratio": stats.total.ratio,
-                  "codec_seconds": stats.compress_seconds + stats.decompress_seconds}
-        if self.hvd.rank() == 0:
-            print(f"epoch {epoch}: train loss {train_loss:.4f}  {self.metric_name} {metric:.4f}  "
-                  f"train {self.train_seconds:.1f} s  wall {record['wall_seconds']:.1f} s  "
-                  f"sent {stats.total.sent / 1e6:.2f} MB (ratio {stats.total.ratio:.1f}x)", flush=True)
-            self._write(record)
-        return record
-
-    def final(self, record: dict):
-        if self.hvd.rank() == 0:
-            print("RESULT " + json.dumps({**record, "final": True}), flush=True)
-            self._write({**record, "final": True})
-
-    def _write(self, record):
-        if self.args.json is not None:
-            self.args.json.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.args.json, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
 
 
 def average(hvd, value: float, name: str) -> float:

@@ -43,6 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--train-limit", type=int, default=None, help="use the first N training images")
     parser.add_argument("--test-limit", type=int, default=None, help="use the first N test images")
     parser.add_argument("--hidden", type=int, default=1024, help="width of the fully-connected layer")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="also measure test accuracy every N steps (time-to-accuracy curves; the "
+                             "evaluation time is not counted as training time)")
     return parser.parse_args(argv)
 
 
@@ -101,6 +104,10 @@ def main(argv=None):
             steps += 1
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+            if args.eval_every and steps % args.eval_every == 0 and i + 1 < steps_per_epoch:
+                reporter.train_seconds += time.perf_counter() - t0
+                reporter.point(steps, evaluate(hvd, model, x_test, y_test), compression)
+                t0 = time.perf_counter()
         reporter.train_seconds += time.perf_counter() - t0
         train_loss = _common.average(hvd, loss_sum / max(1, steps_per_epoch), "train.loss")
         accuracy = evaluate(hvd, model, x_test, y_test)
