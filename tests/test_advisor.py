@@ -1,0 +1,118 @@
+"""The advisor's cost model: wire sizes, collective times, the fit, and the CLI."""
+import math
+
+import pytest
+
+from horovod_powersgd import advisor
+from horovod_powersgd.advisor import Fit, allgather_seconds, allreduce_seconds, traffic
+
+EXACT = Fit(efficiency=1.0, latency_s=0.0, codec_s_per_element={}, source="test")
+
+
+def test_resnet18_has_torchvisions_parameter_count():
+    assert sum(map(advisor.numel, advisor.resnet18_shapes())) == 11_689_512
+
+
+def test_model_parsing():
+    assert advisor.parse_model("1024x1568,1024") == [(1024, 1568), (1024,)]
+    assert advisor.parse_model("fashion_cnn") == advisor.fashion_cnn_shapes()
+    with pytest.raises(ValueError, match="preset"):
+        advisor.parse_model("not-a-model")
+
+
+@pytest.mark.parametrize("text,bps", [("1gbit", 1e9), ("200mbit", 2e8), ("10Gbit", 1e10), ("5e8", 5e8)])
+def test_parse_rate(text, bps):
+    assert advisor.parse_rate(text) == bps
+
+
+def test_uncompressed_and_half_precision_bytes():
+    shapes = [(1024, 1568), (1024,)]
+    d = 1024 * 1568 + 1024
+    assert traffic("none", shapes).allreduce_rounds == [4 * d]
+    assert traffic("fp16", shapes).allreduce_rounds == [2 * d]
+
+
+def test_powersgd_bytes_follow_r_times_n_plus_m():
+    t = traffic("powersgd:rank=2", [(1024, 1568), (1024,), (16, 1, 5, 5), (4, 3)])
+    # round 1: P (n×r) of each compressed matrix (the conv is 16×25), the bias and the 4×3 matrix
+    # (12 < min_compression_rate · r(n+m) = 28) raw; round 2: Q (m×r)
+    assert t.allreduce_rounds == [4 * (1024 * 2 + 16 * 2 + 1024 + 12), 4 * (1568 * 2 + 25 * 2)]
+    assert t.compressed_elements == 1024 * 1568 + 400
+    # two power iterations: two more rounds, the later P round carries matrices only
+    assert traffic("powersgd:rank=2,power_iterations=2", [(1024, 1568), (1024,)]).allreduce_rounds == [
+        4 * (2048 + 1024), 4 * 3136, 4 * 2048, 4 * 3136]
+
+
+def test_allgather_compressors():
+    shapes = [(1000, 1000)]
+    assert traffic("signum", shapes).allgather_bytes == 125_000
+    assert traffic("topk:ratio=0.01", shapes).allgather_bytes == 8 * 10_000
+    assert traffic("randomk:ratio=0.01", shapes).allreduce_rounds == [4 * 10_000]
+
+
+def test_ring_allreduce_and_allgather_times():
+    # 1 MB at 8 Mbit/s = 1 s of raw transfer
+    assert allreduce_seconds(1e6, 2, 8e6, EXACT) == pytest.approx(1.0)
+    assert allreduce_seconds(1e6, 4, 8e6, EXACT) == pytest.approx(1.5)
+    assert allgather_seconds(1e6, 4, 8e6, EXACT) == pytest.approx(3.0)
+    assert allreduce_seconds(1e6, 1, 8e6, EXACT) == 0.0
+    slow = Fit(efficiency=0.5, latency_s=1e-3, codec_s_per_element={})
+    assert allreduce_seconds(1e6, 2, 8e6, slow) == pytest.approx(2.0 + 2e-3)
+
+
+def test_allgather_loses_to_allreduce_as_workers_grow():
+    """The paper's point: all-gather traffic grows with N, ring all-reduce traffic does not."""
+    shapes = advisor.resnet18_shapes()
+    ratio = [advisor.predict("signum", shapes, 1e9, n, 0.0, EXACT).communicate_s
+             / advisor.predict("powersgd:rank=2", shapes, 1e9, n, 0.0, EXACT).communicate_s
+             for n in (2, 8, 32)]
+    assert ratio[0] < ratio[1] < ratio[2]
+
+
+def test_compression_pays_on_slow_links_and_not_on_fast_ones():
+    fit = Fit(0.9, 50e-6, {"powersgd": 2e-9}, "test")
+    shapes = advisor.resnet18_shapes()
+    assert advisor.speedup("powersgd:rank=2", shapes, 1e9, 8, 0.06, fit) > 1.5
+    assert advisor.speedup("powersgd:rank=2", shapes, 400e9, 8, 0.06, fit) < 1.0
+    edge = advisor.break_even_bandwidth("powersgd:rank=2", shapes, 8, 0.06, fit)
+    assert 1e9 < edge < 400e9
+    assert advisor.speedup("powersgd:rank=2", shapes, edge, 8, 0.06, fit) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fit_recovers_efficiency_latency_and_codec_cost():
+    truth = Fit(0.8, 2e-4, {"powersgd": 3e-9}, "truth")
+    shapes = advisor.fashion_cnn_shapes()
+    measurements = []
+    for n, bps in ((2, 1e9), (3, 2e8), (4, 2e8), (2, 1e8)):
+        for spec in ("none", "powersgd:rank=2"):
+            p = advisor.predict(spec, shapes, bps, n, 0.05, truth)
+            measurements.append({"spec": spec, "shapes": shapes, "workers": n, "bps": bps,
+                                 "communicate_s": p.communicate_s, "codec_s": p.codec_s})
+    fitted = advisor.fit(measurements)
+    assert fitted.efficiency == pytest.approx(0.8, rel=1e-6)
+    assert fitted.latency_s == pytest.approx(2e-4, rel=1e-6)
+    assert fitted.codec_s_per_element["powersgd"] == pytest.approx(3e-9, rel=1e-6)
+
+
+def test_fit_round_trips_through_json(tmp_path):
+    fit = Fit(0.7, 1e-4, {"topk": 1e-8}, "here")
+    fit.save(tmp_path / "fit.json")
+    assert Fit.load(tmp_path / "fit.json") == fit
+    assert Fit.load(tmp_path / "missing.json").source.startswith("built-in")
+
+
+def test_cli_prints_a_verdict(capsys):
+    assert advisor.main(["--model", "resnet18", "--bandwidth", "10gbit", "--workers", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "rank-2 PowerSGD predicted" in out and "10 Gbit/s with 8 workers" in out
+    assert advisor.main(["--model", "fashion_cnn", "--bandwidth", "1gbit", "--workers", "2", "--json"]) == 0
+    import json
+    rows = {r["spec"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["none"]["speedup"] == 1.0
+    assert rows["powersgd:rank=2"]["MB_per_step"] < rows["none"]["MB_per_step"] / 50
+    assert not math.isnan(rows["powersgd:rank=2"]["step_ms"])
+
+
+def test_cli_needs_compute_time_for_raw_shapes():
+    with pytest.raises(SystemExit):
+        advisor.main(["--model", "100x100"])
