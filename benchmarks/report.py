@@ -1,0 +1,279 @@
+"""Turn the benchmark's raw measurements into results: the advisor's fitted cost model, a JSON file,
+a Markdown table (with the issue's targets, met or missed) and PNG plots.
+
+    .venv/bin/python -m benchmarks.report results/benchmark.json   # re-render from saved raw results
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from horovod_powersgd import advisor
+from horovod_powersgd.advisor import parse_rate
+
+MB = 1e6
+
+
+def _ok(flag: bool) -> str:
+    return "met" if flag else "**missed**"
+
+
+def _measurements(raw: dict) -> list:
+    """Flat rows {spec, task, workers, rate, shapes, step_s, compute_s, codec_s, communicate_s, …}."""
+    rows = []
+    for phase in ("steps", "scaling"):
+        for run in raw[phase]:
+            for r in run["results"]:
+                if "error" in r:
+                    continue
+                rows.append({**r, "phase": phase, "task": run["task"], "workers": run["workers"],
+                             "rate": run["rate"], "bps": parse_rate(run["rate"]),
+                             "shapes": [tuple(s) for s in run["parameter_shapes"]]})
+    return rows
+
+
+def _predict(row: dict, fit: advisor.Fit) -> advisor.Prediction:
+    return advisor.predict(row["spec"], row["shapes"], row["bps"], row["workers"], row["compute_s"], fit)
+
+
+def time_to_target(records: list, threshold: float):
+    for r in sorted(records, key=lambda r: r["train_seconds"]):
+        if r["test_accuracy"] >= threshold:
+            return r["train_seconds"]
+    return None
+
+
+def analyse(raw: dict, fit: advisor.Fit) -> dict:
+    rows = _measurements(raw)
+    for row in rows:
+        p = _predict(row, fit)
+        row["predicted_step_s"] = p.step_s
+        row["predicted_bytes"] = p.bytes_per_step
+        row["prediction_error"] = p.step_s / row["step_s"] - 1
+    summary = {"targets": []}
+    # ---- the issue's targets, on the first phase-1 task (the communication-bound CNN)
+    for run in raw["steps"]:
+        task = run["task"]
+        by = {r["spec"]: r for r in rows if r["phase"] == "steps" and r["task"] == task}
+        none, ps2 = by.get("none"), by.get("powersgd:rank=2")
+        if not (none and ps2):
+            continue
+        ideal_comm = advisor.predict("powersgd:rank=2", ps2["shapes"], ps2["bps"], ps2["workers"], 0.0, fit)
+        ideal = none["step_s"] / (ps2["compute_s"] + ideal_comm.communicate_s)
+        speedup = none["step_s"] / ps2["step_s"]
+        t = {"task": task, "speedup": speedup, "ideal_speedup": ideal, "fraction_of_ideal": speedup / ideal,
+             "codec_over_compute": ps2["codec_s"] / ps2["compute_s"]}
+        ddp = next((d for d in raw["ddp"] if d["task"] == task), None)
+        if ddp:
+            hook = next((d for d in ddp["results"] if d["spec"].endswith("rank=2")), None)
+            plain = next((d for d in ddp["results"] if d["spec"].startswith("ddp (no")), None)
+            t["ddp_hook_step_s"] = hook["step_s"] if hook else None
+            t["ddp_plain_step_s"] = plain["step_s"] if plain else None
+        summary["targets"].append(t)
+    # ---- time to accuracy
+    tta = {}
+    base = next((r for r in raw["tta"] if r["spec"] == "none"), None)
+    if base:
+        final = [r for r in base["records"] if r.get("final")][-1]
+        threshold = final["test_accuracy"] - 0.005
+        for run in raw["tta"]:
+            last = [r for r in run["records"] if r.get("final")][-1]
+            tta[run["spec"]] = {"final_accuracy": last["test_accuracy"], "train_seconds": last["train_seconds"],
+                                "time_to_target_s": time_to_target(run["records"], threshold),
+                                "sent_MB": last["sent_bytes"] / MB, "ratio": last["compression_ratio"]}
+        summary["tta_target"] = threshold
+    summary["tta"] = tta
+    return {"rows": rows, "summary": summary}
+
+
+def _fmt(x, spec=".1f", none="—"):
+    return none if x is None else format(x, spec)
+
+
+def markdown(raw: dict, analysis: dict, fit: advisor.Fit) -> str:
+    m = raw["machine"]
+    lines = [f"# Emulated-cluster benchmark{' (smoke)' if m['smoke'] else ''}", "",
+             f"Command: `{m['command']}` — {m['seconds'] / 60:.1f} min. Machine: {m['cpus']} CPU cores, "
+             f"no GPU, {m['platform']}; workers are processes in network namespaces linked by a bridge, each "
+             f"NIC shaped with `tc tbf` (DESIGN.md §6), one compute thread per worker. Cost model fit: "
+             f"η = {fit.efficiency:.2f}, α = {fit.latency_s * 1e6:.0f} µs ({fit.source}).", ""]
+    rows = analysis["rows"]
+    for run in raw["steps"]:
+        task = run["task"]
+        lines += [f"## Step time: {task}, {run['workers']} workers at {run['rate']} "
+                  f"(median of {run['steps']} steps)", "",
+                  "| compressor | step ms | compute | codec | communicate | speed-up | MB/step (ours) | "
+                  "MB/step (timeline) | MB/step (link) | model ms | model error |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        by = [r for r in rows if r["phase"] == "steps" and r["task"] == task]
+        none = next((r for r in by if r["spec"] == "none"), None)
+        for r in by:
+            link = r.get("link_bytes_per_step")
+            lines.append(
+                f"| {r['spec']} | {r['step_s'] * 1e3:.1f} | {r['compute_s'] * 1e3:.1f} | {r['codec_s'] * 1e3:.1f} | "
+                f"{r['communicate_s'] * 1e3:.1f} | {_fmt(none and none['step_s'] / r['step_s'], '.2f')}× | "
+                f"{r['sent_bytes_per_step'] / MB:.3f} | {_fmt(r.get('timeline_payload_per_step') and sum(r['timeline_payload_per_step'].values()) / MB, '.3f')} | "
+                f"{_fmt(link and link / MB, '.3f')} | {r['predicted_step_s'] * 1e3:.1f} | {r['prediction_error'] * 100:+.0f} % |")
+        for d in next((d["results"] for d in raw["ddp"] if d["task"] == task), []):
+            link = d.get("link_bytes_per_step")
+            lines.append(f"| {d['spec']} (torch DDP, gloo) | {d['step_s'] * 1e3:.1f} | | | | "
+                         f"{_fmt(none and none['step_s'] / d['step_s'], '.2f')}× | | | {_fmt(link and link / MB, '.3f')} | | |")
+        missing = [r["spec"] for r in run["results"] if "error" in r]
+        if missing:
+            lines.append(f"\nNot measured (not accepted by `from_spec` at run time): {', '.join(missing)}.")
+        lines.append("")
+    lines += ["compute = the same model's step without Horovod (slowest rank); codec = the compressor's own "
+              "compress + decompress time; communicate = step − compute − codec (communication not hidden "
+              "behind backprop). MB/step: ours = what the compressor handed to collectives per rank; "
+              "timeline = Horovod's timeline (dtype × shape of every collective, per rank); link = bytes "
+              "this worker's NIC sent (tc counter, framing included, rank 0). model = the advisor's "
+              "prediction from the fitted cost model and the measured compute.", ""]
+    if raw["scaling"]:
+        specs = [r["spec"] for r in raw["scaling"][0]["results"] if "error" not in r]
+        lines += [f"## Scaling at {raw['scaling'][0]['rate']} per worker (fashion_mnist CNN)", "",
+                  "| compressor | collective | " + " | ".join(f"{s['workers']} workers: step ms / link MB"
+                                                             for s in raw["scaling"]) + " |",
+                  "|---|---|" + "---:|" * len(raw["scaling"])]
+        for spec in specs:
+            cells, coll = [], ""
+            for run in raw["scaling"]:
+                r = next((x for x in run["results"] if x["spec"] == spec and "error" not in x), None)
+                coll = r["collective"] if r else coll
+                link = r and r.get("link_bytes_per_step")
+                cells.append("—" if r is None else f"{r['step_s'] * 1e3:.0f} / {_fmt(link and link / MB, '.2f')}")
+            lines.append(f"| {spec} | {coll} | " + " | ".join(cells) + " |")
+        lines.append("")
+    s = analysis["summary"]
+    if s.get("tta"):
+        lines += [f"## Time to accuracy: examples/torch_fashion_mnist.py, {raw['tta'][0]['workers']} workers "
+                  f"at {raw['tta'][0]['rate']}", "",
+                  f"Target: the uncompressed run's final test accuracy − 0.5 pp = {s['tta_target']:.4f} "
+                  f"(2000 test images; training time excludes evaluation).", "",
+                  "| compressor | final accuracy | training s | time to target s | MB sent/rank | ratio |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for spec, t in s["tta"].items():
+            lines.append(f"| {spec} | {t['final_accuracy']:.4f} | {t['train_seconds']:.0f} | "
+                         f"{_fmt(t['time_to_target_s'], '.0f', 'not reached')} | {t['sent_MB']:.1f} | {t['ratio']:.1f}× |")
+        lines.append("")
+    if s["targets"]:
+        lines += ["## The issue's targets (PowerSGD rank 2)", ""]
+        for t in s["targets"]:
+            lines.append(f"- {t['task']}: speed-up {t['speedup']:.2f}× vs ideal {t['ideal_speedup']:.2f}× "
+                         f"(cost model, zero codec cost) = {t['fraction_of_ideal'] * 100:.0f} % of ideal — target ≥ 90 %: "
+                         f"{_ok(t['fraction_of_ideal'] >= 0.9)}.")
+            if t.get("ddp_hook_step_s"):
+                ours = t["ideal_speedup"] and None
+                by = {r["spec"]: r for r in rows if r["phase"] == "steps" and r["task"] == t["task"]}
+                ours = by["powersgd:rank=2"]["step_s"]
+                lines.append(f"- {t['task']}: ours {ours * 1e3:.1f} ms vs DDP + powerSGD_hook "
+                             f"{t['ddp_hook_step_s'] * 1e3:.1f} ms per step — target faster: "
+                             f"{_ok(ours < t['ddp_hook_step_s'])}.")
+            lines.append(f"- {t['task']}: compress + decompress = {t['codec_over_compute'] * 100:.1f} % of compute "
+                         f"— target ≤ 5 %: {_ok(t['codec_over_compute'] <= 0.05)}.")
+        tta = s.get("tta", {})
+        if "none" in tta and "powersgd:rank=2" in tta:
+            a, b = tta["none"], tta["powersgd:rank=2"]
+            reached = b["time_to_target_s"] is not None
+            faster = reached and a["time_to_target_s"] is not None and b["time_to_target_s"] < 0.8 * a["time_to_target_s"]
+            lines.append(f"- accuracy: rank 2 final {b['final_accuracy']:.4f} vs none {a['final_accuracy']:.4f} "
+                         f"({(b['final_accuracy'] - a['final_accuracy']) * 100:+.2f} pp); time to target "
+                         f"{_fmt(b['time_to_target_s'], '.0f', 'not reached')} s vs {_fmt(a['time_to_target_s'], '.0f')} s "
+                         f"— target (within 0.5 pp, clearly less time): {_ok(bool(faster))}.")
+        lines.append("")
+    if raw["skipped"]:
+        lines += ["## Runs that failed", ""] + [f"- {x['phase']} {x['spec']}: see benchmark.json" for x in raw["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def plots(raw: dict, analysis: dict, out: Path) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    rows = analysis["rows"]
+    tasks = [run["task"] for run in raw["steps"]]
+    if tasks:
+        fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+        for ax, run in zip(axes[0], raw["steps"]):
+            by = [r for r in rows if r["phase"] == "steps" and r["task"] == run["task"]]
+            ddp = next((d["results"] for d in raw["ddp"] if d["task"] == run["task"]), [])
+            labels = [r["spec"] for r in by] + [d["spec"] for d in ddp]
+            comp = [r["compute_s"] * 1e3 for r in by] + [0] * len(ddp)
+            codec = [r["codec_s"] * 1e3 for r in by] + [0] * len(ddp)
+            comm = [r["communicate_s"] * 1e3 for r in by] + [0] * len(ddp)
+            total_ddp = [0] * len(by) + [d["step_s"] * 1e3 for d in ddp]
+            x = range(len(labels))
+            ax.bar(x, comp, label="compute")
+            ax.bar(x, codec, bottom=comp, label="compress+decompress")
+            ax.bar(x, comm, bottom=[a + b for a, b in zip(comp, codec)], label="communicate (exposed)")
+            ax.bar(x, total_ddp, color="grey", label="DDP step (total)")
+            ax.scatter(list(x)[:len(by)], [r["predicted_step_s"] * 1e3 for r in by], marker="_", s=300,
+                       color="black", label="cost model", zorder=3)
+            ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
+            ax.set_ylabel("ms per step")
+            ax.set_title(f"{run['task']}: {run['workers']} workers at {run['rate']}")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "step_breakdown.png", dpi=110)
+        plt.close(fig)
+        written.append("step_breakdown.png")
+    if raw["tta"]:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for run in raw["tta"]:
+            pts = sorted(run["records"], key=lambda r: r["train_seconds"])
+            ax.plot([r["train_seconds"] for r in pts], [r["test_accuracy"] for r in pts], marker=".", label=run["spec"])
+        if analysis["summary"].get("tta_target"):
+            ax.axhline(analysis["summary"]["tta_target"], color="grey", ls="--", lw=1, label="target")
+        ax.set_xlabel("training seconds (evaluation excluded)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"Fashion-MNIST, {raw['tta'][0]['workers']} workers at {raw['tta'][0]['rate']}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "time_to_accuracy.png", dpi=110)
+        plt.close(fig)
+        written.append("time_to_accuracy.png")
+    if raw["scaling"]:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        specs = [r["spec"] for r in raw["scaling"][0]["results"] if "error" not in r]
+        for spec in specs:
+            pts = [(run["workers"], r) for run in raw["scaling"] for r in run["results"]
+                   if r["spec"] == spec and "error" not in r]
+            ws = [w for w, _ in pts]
+            a1.plot(ws, [(r.get("link_bytes_per_step") or 0) / MB for _, r in pts], marker="o",
+                    label=f"{spec} ({pts[0][1]['collective']})")
+            a2.plot(ws, [r["step_s"] * 1e3 for _, r in pts], marker="o", label=spec)
+        a1.set_yscale("log")
+        a1.set_xlabel("workers")
+        a1.set_ylabel("MB sent per worker per step (link)")
+        a2.set_xlabel("workers")
+        a2.set_ylabel("ms per step")
+        a1.legend(fontsize=7)
+        a2.legend(fontsize=7)
+        fig.suptitle(f"Fashion-MNIST CNN at {raw['scaling'][0]['rate']} per worker")
+        fig.tight_layout()
+        fig.savefig(out / "bytes_vs_workers.png", dpi=110)
+        plt.close(fig)
+        written.append("bytes_vs_workers.png")
+    return written
+
+
+def write(raw: dict, out: Path, fit_advisor: bool = True) -> dict:
+    """Fit the cost model, then write benchmark.json, benchmark.md and the plots into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    fit = advisor.fit(_measurements(raw))
+    fit.save(advisor.FIT_PATH if fit_advisor else out / "advisor_fit.json")
+    analysis = analyse(raw, fit)
+    (out / "benchmark.json").write_text(json.dumps({"raw": raw, "fit": fit.__dict__, **analysis},
+                                                   indent=1, default=str))
+    (out / "benchmark.md").write_text(markdown(raw, analysis, fit))
+    analysis["plots"] = plots(raw, analysis, out)
+    print((out / "benchmark.md").read_text())
+    return analysis
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "results/benchmark.json")
+    write(json.loads(path.read_text())["raw"], path.parent, fit_advisor="--no-fit" not in sys.argv)

@@ -1,0 +1,158 @@
+"""The emulated-cluster benchmark, end to end, in one command (needs root; see `benchmarks.cluster`).
+
+    sudo .venv/bin/python -m benchmarks.run                  # full: ~20 min on 2 cores
+    sudo .venv/bin/python -m benchmarks.run --smoke --out /tmp/smoke   # tiny model, a few steps
+
+Phases (each a fresh emulated cluster; every job bounded by a timeout):
+  1. step time  — `--workers` hosts at `--rate`: every compressor spec on each task (the examples'
+     models), then PyTorch DDP without a hook and with ``powerSGD_hook`` at the same ranks;
+  2. scaling    — 2…4 hosts at `--scaling-rate` (≤ 200 Mbit/s so 2 cores keep up, DESIGN §6),
+     all-reduce vs all-gather compressors on the Fashion-MNIST CNN;
+  3. time-to-accuracy — examples/torch_fashion_mnist.py per spec at `--rate`, accuracy logged every
+     `--eval-every` steps; the target is the uncompressed run's final accuracy.
+Then `benchmarks.report` fits the advisor's cost model and writes JSON, Markdown and PNGs to `--out`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.cluster import ClusterError, Cluster, check, enter_sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+STEP_SPECS = ("none;fp16;powersgd:rank=1;powersgd:rank=2;powersgd:rank=4;signum;"
+              "topk:ratio=0.01;randomk:ratio=0.01")
+SCALING_SPECS = "none;powersgd:rank=2;signum;topk:ratio=0.01;randomk:ratio=0.01"
+TTA_SPECS = "none;powersgd:rank=2;powersgd:rank=1;signum;topk:ratio=0.01"
+# Signum returns a ±1 vote per element (its own momentum inside): plain SGD with a small step, as its
+# docstring says; the examples' lr 0.05 + momentum 0.9 would be a 0.05-per-weight step.
+TTA_EXTRA_FLAGS = {"signum": ["--lr", "2e-4", "--momentum", "0"]}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rate", default="1gbit", help="per-worker link for phases 1 and 3 (tc syntax)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--tasks", default="fashion_mnist,ptb_lstm")
+    p.add_argument("--specs", default=STEP_SPECS, help="';'-separated compressor specs")
+    p.add_argument("--ddp-ranks", default="0,2", help="DDP runs: 0 = no hook, r = powerSGD_hook rank r")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--scaling", default="2,3,4", help="worker counts for phase 2 ('' to skip)")
+    p.add_argument("--scaling-rate", default="200mbit")
+    p.add_argument("--scaling-specs", default=SCALING_SPECS)
+    p.add_argument("--tta-specs", default=TTA_SPECS, help="'' to skip phase 3")
+    p.add_argument("--tta-epochs", type=int, default=2)
+    p.add_argument("--tta-train-limit", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny models, 3 steps, 2 workers at 100 Mbit/s, a 4-batch time-to-accuracy run")
+    p.add_argument("--out", type=Path, default=ROOT / "results")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per job")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.rate, args.workers, args.tasks = "100mbit", 2, "fashion_mnist"
+        args.specs, args.ddp_ranks, args.steps, args.warmup = "none;powersgd:rank=2", "2", 3, 1
+        args.scaling, args.tta_specs, args.timeout = "", "none;powersgd:rank=2", min(args.timeout, 120)
+    return args
+
+
+def python(*argv) -> list:
+    return [sys.executable, *map(str, argv)]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        enter_sandbox(python("-m", "benchmarks.run", *(argv if argv is not None else sys.argv[1:])))
+    except ClusterError as error:
+        print(f"benchmarks.run: {error}", file=sys.stderr)
+        return 2
+    out, work = args.out, args.out / "tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "raw").mkdir(parents=True)
+    tiny = ["--tiny"] if args.smoke else []
+    env = {"HOROVOD_TIMELINE": "DYNAMIC", "PYTHONPATH": str(ROOT)}
+    started = time.time()
+    raw = {"steps": [], "ddp": [], "scaling": [], "tta": [], "skipped": []}
+
+    def log(msg):
+        print(f"[benchmark {time.time() - started:6.0f} s] {msg}", flush=True)
+
+    # ---- phase 1: step time, all compressors and DDP, same links
+    with Cluster(args.workers, args.rate, work) as cluster:
+        for task in filter(None, args.tasks.split(",")):
+            log(f"step time: {task}, {args.workers} workers at {args.rate}")
+            target = work / "raw" / f"steps.{task}.json"
+            check(cluster.run_horovod(python(ROOT / "benchmarks/step_worker.py", "--task", task,
+                                             "--specs", args.specs, "--steps", args.steps, "--warmup",
+                                             args.warmup, "--out", target, "--timeline-dir",
+                                             work / "timelines" / task, *tiny),
+                                      {**env, "BENCH_RATE": args.rate}, args.timeout, f"steps-{task}"),
+                  f"step time {task}")
+            raw["steps"].append({**json.loads(target.read_text()), "rate": args.rate})
+            if args.ddp_ranks:
+                log(f"DDP: {task}")
+                target = work / "raw" / f"ddp.{task}.json"
+                check(cluster.run_torch_distributed(python(ROOT / "benchmarks/ddp_worker.py", "--task", task,
+                                                           "--ranks", args.ddp_ranks, "--steps", args.steps,
+                                                           "--warmup", args.warmup, "--out", target, *tiny),
+                                                    env, args.timeout, f"ddp-{task}"), f"DDP {task}")
+                raw["ddp"].append({**json.loads(target.read_text()), "rate": args.rate})
+
+    # ---- phase 2: scaling at fixed per-worker bandwidth
+    for n in (int(x) for x in args.scaling.split(",") if x.strip()):
+        log(f"scaling: {n} workers at {args.scaling_rate}")
+        with Cluster(n, args.scaling_rate, work) as cluster:
+            target = work / "raw" / f"scaling.{n}.json"
+            check(cluster.run_horovod(python(ROOT / "benchmarks/step_worker.py", "--task", "fashion_mnist",
+                                             "--specs", args.scaling_specs, "--steps", max(5, args.steps // 2),
+                                             "--warmup", 3, "--out", target, "--timeline-dir",
+                                             work / "timelines" / f"scaling{n}", *tiny),
+                                      {**env, "BENCH_RATE": args.scaling_rate}, args.timeout, f"scaling-{n}"),
+                  f"scaling {n}")
+            raw["scaling"].append({**json.loads(target.read_text()), "rate": args.scaling_rate})
+
+    # ---- phase 3: time-to-accuracy on the Fashion-MNIST example
+    tta_specs = [s for s in args.tta_specs.split(";") if s.strip()]
+    if tta_specs:
+        with Cluster(args.workers, args.rate, work) as cluster:
+            for spec in tta_specs:
+                log(f"time-to-accuracy: {spec}")
+                target = work / "raw" / f"tta.{len(raw['tta'])}.jsonl"
+                flags = (["--epochs", 1, "--max-batches", 4, "--train-limit", 2000, "--test-limit", 500,
+                          "--eval-every", 2] if args.smoke else
+                         ["--epochs", args.tta_epochs, "--test-limit", 2000, "--eval-every", args.eval_every]
+                         + (["--train-limit", args.tta_train_limit] if args.tta_train_limit else []))
+                flags += TTA_EXTRA_FLAGS.get(spec.split(":")[0], [])
+                results = cluster.run_horovod(python(ROOT / "examples/torch_fashion_mnist.py", "--compression",
+                                                     spec, "--no-progress", "--json", target, *flags),
+                                              env, args.timeout, f"tta-{len(raw['tta'])}")
+                if any(r.returncode for r in results):  # a compressor that fails to train is a result
+                    raw["skipped"].append({"phase": "tta", "spec": spec,
+                                           "error": results[0].log[-1500:]})
+                    continue
+                records = [json.loads(line) for line in target.read_text().splitlines()]
+                raw["tta"].append({"spec": spec, "rate": args.rate, "workers": args.workers, "records": records})
+
+    raw["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                      "python": platform.python_version(), "smoke": args.smoke,
+                      "command": "sudo .venv/bin/python -m benchmarks.run " + " ".join(
+                          argv if argv is not None else sys.argv[1:]),
+                      "seconds": time.time() - started}
+    log("report")
+    from benchmarks import report
+
+    report.write(raw, out, fit_advisor=not args.smoke)
+    log(f"done: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
