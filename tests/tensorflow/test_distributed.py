@@ -1,0 +1,12 @@
+"""Multi-process TensorFlow tests: each file under distributed/ runs on 2 ranks, with Gloo and MPI."""
+import pytest
+
+from tests.launch import LAUNCHERS, run_pytest
+
+FILES = ["tests/tensorflow/distributed/mp_powersgd_tf.py", "tests/tensorflow/distributed/mp_keras.py"]
+
+
+@pytest.mark.parametrize("test_file", FILES)
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_ranks(launcher, test_file):
+    run_pytest(launcher, test_file, np=2, timeout=500)
