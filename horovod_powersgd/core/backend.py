@@ -98,6 +98,10 @@ class Backend(abc.ABC):
         ...
 
     @abc.abstractmethod
+    def where(self, condition, a, b):
+        """Elementwise ``a`` where ``condition`` (a boolean tensor, broadcast) holds, else ``b``."""
+
+    @abc.abstractmethod
     def columns(self, matrix) -> list:
         """The columns of a 2-D tensor as a list of 1-D tensors."""
 

@@ -62,6 +62,9 @@ class NumpyBackend(Backend):
     def sqrt(self, tensor):
         return np.sqrt(tensor)
 
+    def where(self, condition, a, b):
+        return np.where(condition, a, b)
+
     def columns(self, matrix):
         return [matrix[:, i] for i in range(matrix.shape[1])]
 

@@ -60,6 +60,9 @@ class TensorFlowBackend(Backend):
     def sqrt(self, tensor):
         return tf.sqrt(tensor)
 
+    def where(self, condition, a, b):
+        return tf.where(condition, a, b)
+
     def columns(self, matrix):
         return tf.unstack(matrix, axis=1)
 

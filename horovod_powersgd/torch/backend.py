@@ -54,6 +54,9 @@ class TorchBackend(Backend):
     def sqrt(self, tensor):
         return tensor.sqrt()
 
+    def where(self, condition, a, b):
+        return torch.where(condition, a, b)
+
     def columns(self, matrix):
         return list(matrix.unbind(1))
 
