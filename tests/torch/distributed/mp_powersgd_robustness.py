@@ -180,3 +180,13 @@ def test_adasum_is_refused_clearly(hvd):
     with pytest.raises(Exception, match="Adasum"):
         torch.nn.functional.mse_loss(model(x, use_b=False), y).backward()
         opt.step()
+
+
+def test_sparse_as_dense_is_refused_clearly(hvd):
+    embedding = torch.nn.Embedding(50, 16, sparse=True)
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(embedding.parameters(), lr=0.0),
+                                   named_parameters=embedding.named_parameters(),
+                                   compression=PowerSGD(rank=2), sparse_as_dense=True)
+    with pytest.raises(LookupError, match="sparse_as_dense"):
+        embedding(torch.tensor([1, 2])).sum().backward()
+        opt.step()
