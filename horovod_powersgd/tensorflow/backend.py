@@ -60,6 +60,42 @@ class TensorFlowBackend(Backend):
     def sqrt(self, tensor):
         return tf.sqrt(tensor)
 
+    # ------------------------------------------------------------------ ops of the baselines
+    def abs(self, tensor):
+        return tf.abs(tensor)
+
+    def sign(self, tensor):
+        return tf.sign(tensor)
+
+    def pack_signs(self, tensor):
+        bits = tf.cast(tf.reshape(tensor, [-1]) >= 0, tf.int32)
+        bits = tf.reshape(tf.pad(bits, [[0, -int(bits.shape[0]) % 8]]), [-1, 8])
+        return tf.cast(tf.reduce_sum(bits * _BIT_WEIGHTS, axis=1), tf.uint8)
+
+    def unpack_signs(self, packed, count):
+        bits = tf.bitwise.bitwise_and(
+            tf.bitwise.right_shift(tf.cast(packed, tf.int32)[..., None], _BIT_SHIFTS), 1)
+        bits = tf.reshape(bits, [tf.shape(packed)[0], -1])[:, :count]
+        return tf.cast(bits, tf.float32) * 2 - 1
+
+    def topk_indices(self, tensor, k):
+        return tf.cast(tf.math.top_k(tf.abs(tensor), k, sorted=False).indices, tf.int64)
+
+    def gather(self, tensor, indices):
+        return tf.gather(tensor, indices)
+
+    def scatter_add(self, indices, values, size):
+        return tf.math.unsorted_segment_sum(values, indices, size)
+
+    def bitcast(self, tensor, dtype_name):
+        return tf.bitcast(tensor, dtype_name)
+
+    def seeded_indices(self, size, k, seed, step, like=None):
+        # a stateless random permutation's first k entries: determined by (seed, step) on every rank
+        seeds = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
+        keys = tf.random.stateless_uniform([size], seed=seeds)
+        return tf.sort(tf.cast(tf.argsort(keys)[:k], tf.int64))
+
     def where(self, condition, a, b):
         return tf.where(condition, a, b)
 
@@ -125,6 +161,10 @@ class TensorFlowBackend(Backend):
 
     def wait(self, handle):
         return handle
+
+
+_BIT_SHIFTS = tf.constant([7, 6, 5, 4, 3, 2, 1, 0], tf.int32)  # most significant bit first
+_BIT_WEIGHTS = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
 
 
 def _op_name(name: str) -> str:
