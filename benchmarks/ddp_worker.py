@@ -31,7 +31,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--ranks", default="2", help="','-separated PowerSGD ranks; 0 = no hook")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--hook-bucket-cap-mb", type=float, default=1024,

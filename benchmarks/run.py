@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--tasks", default="fashion_mnist,ptb_lstm")
     p.add_argument("--specs", default=STEP_SPECS, help="';'-separated compressor specs")
     p.add_argument("--ddp-ranks", default="0,2", help="DDP runs: 0 = no hook, r = powerSGD_hook rank r")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--scaling", default="2,3,4", help="worker counts for phase 2 ('' to skip)")
     p.add_argument("--scaling-rate", default="200mbit")

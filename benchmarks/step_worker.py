@@ -1,10 +1,11 @@
 """One Horovod worker of the step-time benchmark (started by `benchmarks.cluster`, one per emulated host).
 
 For a task and a list of compressor specs, on every rank:
-  compute    median time of forward + backward + SGD step of the same model *without* Horovod,
-             measured right before each spec
-             (both ranks run it at the same time, as they would in a real step);
+  compute    median time of forward + backward + SGD step of an identical model *without* Horovod
+             (no hooks, no collectives), the slowest rank's;
   step       median wall-clock time of a full Horovod step (zero_grad … optimizer.step()) per spec;
+             plain and Horovod steps alternate one by one, so both are sampled under the same
+             conditions (measuring compute once up front drifted by up to 2× on this shared machine);
   codec      the compressor's own compress + decompress seconds per step (`compression.stats`);
   communicate = step − compute − codec: the communication backprop did not hide.
 Bytes: per spec, the compressor's own count, the link's count (`tc -s qdisc` on this host's eth0,
@@ -63,7 +64,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--specs", required=True, help="';'-separated compressor specs")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="tiny model (smoke test)")
     parser.add_argument("--out", type=Path, required=True)
@@ -77,9 +78,7 @@ def main(argv=None):
     torch.set_num_threads(1)  # one compute thread per worker (DESIGN §6): 2 cores, up to 4 workers
     task = TASKS[args.task](hvd.rank(), tiny=args.tiny)
 
-    # ---- compute only: the same model and data with a plain optimizer (no hooks, no collectives),
-    # measured again right before each spec: a single measurement at start-up drifted by up to 2× on
-    # this machine (warm-up, the other rank's load), which would misattribute time to communication.
+    # ---- compute only: the same model and data with a plain optimizer (no hooks, no collectives)
     plain_model = task.model()
     plain = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9)
 
@@ -87,10 +86,6 @@ def main(argv=None):
         plain.zero_grad()
         task.loss(plain_model, i).backward()
         plain.step()
-
-    def measure_compute() -> float:
-        # the slowest rank sets the pace of a synchronous step
-        return max(hvd.allgather_object(median(time_steps(plain_step, 2, args.steps))))
 
     time_steps(plain_step, args.warmup, 0)
     shapes = parameter_shapes(plain_model)
@@ -114,8 +109,6 @@ def main(argv=None):
             optimizer.step()
 
         time_steps(step, args.warmup, 0)
-        compute = measure_compute()
-        computes.append(compute)
         s0 = compression.stats.as_dict()
         link0 = link_bytes()
         timeline = None
@@ -123,18 +116,29 @@ def main(argv=None):
             args.timeline_dir.mkdir(parents=True, exist_ok=True)
             timeline = args.timeline_dir / f"{args.task}.{re.sub(r'[^A-Za-z0-9]+', '_', spec)}.json"
             hvd.start_timeline(str(timeline))
-        times = time_steps(step, 0, args.steps)
+        times, plain_times = [], []
+        for i in range(args.warmup, args.warmup + args.steps):
+            plain_times += time_steps(plain_step, 0, 1)  # no collectives: the link stays idle
+            hvd.barrier()  # start the timed step together, as the previous step's all-reduce would
+            times += time_steps(lambda _: step(i), 0, 1)
         if timeline is not None:
             hvd.stop_timeline()
         link1 = link_bytes()
         s1 = compression.stats.as_dict()
+        # the slowest rank sets the pace of a synchronous step
+        compute = max(hvd.allgather_object(median(plain_times)))
+        computes.append(compute)
+        wait = (s1["wait_seconds"] - s0["wait_seconds"]) / args.steps
         codec = (s1["compress_seconds"] + s1["decompress_seconds"]
                  - s0["compress_seconds"] - s0["decompress_seconds"]) / args.steps
+        if collective_of(compression) == "allgather":
+            # all-gather compressors wait for their gather inside decompress: that is communication
+            codec = max(0.0, codec - wait)
         step_time = median(times)
         results.append({
             "spec": spec, "collective": collective_of(compression),
             "step_s": step_time, "step_mean_s": sum(times) / len(times), "compute_s": compute,
-            "codec_s": codec, "wait_s": (s1["wait_seconds"] - s0["wait_seconds"]) / args.steps,
+            "codec_s": codec, "wait_s": wait,
             "communicate_s": max(0.0, step_time - compute - codec),
             "sent_bytes_per_step": (s1["sent_bytes_total"] - s0["sent_bytes_total"]) / args.steps,
             "uncompressed_bytes_per_step": (s1["uncompressed_bytes_total"]
