@@ -49,6 +49,8 @@ class Backend(abc.ABC):
     """
 
     deferred: bool = True
+    #: dtypes the all-reduce cannot carry (Horovod 0.28.1 has no bfloat16 all-reduce)
+    allreduce_unsupported_dtypes: frozenset = frozenset()
 
     # ------------------------------------------------------------------ identification
     @abc.abstractmethod

@@ -42,7 +42,7 @@ class BF16(Compressor):
         handle, ctx.payload = ctx.payload, None
         start = b.clock()
         gathered = b.wait(handle)
-        self.stats.wait_seconds += b.clock() - start
+        self._stats.wait_seconds += b.clock() - start
         copies = b.cast(b.bitcast(per_rank(b, gathered, ctx.identity), "bfloat16"), "float32")
         weight = mean_weight(ctx.identity)
         return restore(b, combine(b, copies, [weight] * ctx.identity.group_size, like=copies), ctx)

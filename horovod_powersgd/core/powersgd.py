@@ -144,6 +144,9 @@ class PowerSGD(Compressor):
         self.cfg = PowerSGDConfig(rank, power_iterations, warm_start, error_feedback,
                                   float(min_compression_rate), start_step, seed,
                                   float(orthogonalization_epsilon), wire_dtype).validate()
+        if wire_dtype in backend.allreduce_unsupported_dtypes:
+            raise ValueError(f"PowerSGD: wire_dtype={wire_dtype!r} cannot be all-reduced by this "
+                             f"Horovod (0.28.1 has no {wire_dtype} all-reduce); use 'float16'")
         super().__init__(backend)
         self._pending: list = []
 

@@ -58,7 +58,7 @@ class StatefulCompressor(Compressor):
     def _wait(self, handle):
         start = self.backend.clock()
         result = self.backend.wait(handle)
-        self.stats.wait_seconds += self.backend.clock() - start
+        self._stats.wait_seconds += self.backend.clock() - start
         return result
 
     # ------------------------------------------------------------------ checkpointing

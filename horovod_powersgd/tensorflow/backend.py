@@ -18,6 +18,7 @@ from .naming import VariableNamer
 
 class TensorFlowBackend(Backend):
     deferred = False
+    allreduce_unsupported_dtypes = frozenset({"bfloat16"})  # Horovod 0.28.1 refuses it
 
     def __init__(self, owner):
         self.namer = VariableNamer(owner)
@@ -70,11 +71,12 @@ class TensorFlowBackend(Backend):
     def pack_signs(self, tensor):
         bits = tf.cast(tf.reshape(tensor, [-1]) >= 0, tf.int32)
         bits = tf.reshape(tf.pad(bits, [[0, -int(bits.shape[0]) % 8]]), [-1, 8])
-        return tf.cast(tf.reduce_sum(bits * _BIT_WEIGHTS, axis=1), tf.uint8)
+        return tf.cast(tf.reduce_sum(bits * tf.constant(_BIT_WEIGHTS, tf.int32), axis=1), tf.uint8)
 
     def unpack_signs(self, packed, count):
         bits = tf.bitwise.bitwise_and(
-            tf.bitwise.right_shift(tf.cast(packed, tf.int32)[..., None], _BIT_SHIFTS), 1)
+            tf.bitwise.right_shift(tf.cast(packed, tf.int32)[..., None],
+                                   tf.constant(_BIT_SHIFTS, tf.int32)), 1)
         bits = tf.reshape(bits, [tf.shape(packed)[0], -1])[:, :count]
         return tf.cast(bits, tf.float32) * 2 - 1
 
@@ -163,8 +165,10 @@ class TensorFlowBackend(Backend):
         return handle
 
 
-_BIT_SHIFTS = tf.constant([7, 6, 5, 4, 3, 2, 1, 0], tf.int32)  # most significant bit first
-_BIT_WEIGHTS = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
+# Plain lists, not tf.constants: importing this module must not initialize TensorFlow's runtime
+# (users configure threads and devices after importing us).
+_BIT_SHIFTS = [7, 6, 5, 4, 3, 2, 1, 0]  # most significant bit first
+_BIT_WEIGHTS = [128, 64, 32, 16, 8, 4, 2, 1]
 
 
 def _op_name(name: str) -> str:

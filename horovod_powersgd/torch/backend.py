@@ -15,6 +15,7 @@ _BIT_SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)  # MSB first, as numpy.
 
 class TorchBackend(Backend):
     deferred = True  # Horovod's torch collectives return handles; outputs are filled in place later
+    allreduce_unsupported_dtypes = frozenset({"bfloat16"})  # Horovod 0.28.1 refuses it
 
     def __init__(self, owner):
         self.namer = ParameterNamer(owner)

@@ -3,7 +3,8 @@ import pytest
 
 from tests.launch import LAUNCHERS, run_pytest
 
-FILES = ["tests/tensorflow/distributed/mp_powersgd_tf.py", "tests/tensorflow/distributed/mp_keras.py"]
+FILES = ["tests/tensorflow/distributed/mp_powersgd_tf.py", "tests/tensorflow/distributed/mp_baselines_tf.py",
+         "tests/tensorflow/distributed/mp_keras.py"]
 
 
 @pytest.mark.parametrize("test_file", FILES)
