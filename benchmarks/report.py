@@ -59,8 +59,10 @@ def analyse(raw: dict, fit: advisor.Fit) -> dict:
         none, ps2 = by.get("none"), by.get("powersgd:rank=2")
         if not (none and ps2):
             continue
+        # ideal: PowerSGD's bytes on the fitted link model, with free compression, on the run's
+        # median compute (per-spec compute medians scatter by a few ms on this shared machine)
         ideal_comm = advisor.predict("powersgd:rank=2", ps2["shapes"], ps2["bps"], ps2["workers"], 0.0, fit)
-        ideal = none["step_s"] / (ps2["compute_s"] + ideal_comm.communicate_s)
+        ideal = none["step_s"] / (run["compute_s"] + ideal_comm.communicate_s)
         speedup = none["step_s"] / ps2["step_s"]
         t = {"task": task, "speedup": speedup, "ideal_speedup": ideal, "fraction_of_ideal": speedup / ideal,
              "codec_over_compute": ps2["codec_s"] / ps2["compute_s"]}
@@ -81,6 +83,7 @@ def analyse(raw: dict, fit: advisor.Fit) -> dict:
             last = [r for r in run["records"] if r.get("final")][-1]
             tta[run["spec"]] = {"final_accuracy": last["test_accuracy"], "train_seconds": last["train_seconds"],
                                 "time_to_target_s": time_to_target(run["records"], threshold),
+                                "time_to_baseline_final_s": time_to_target(run["records"], final["test_accuracy"]),
                                 "sent_MB": last["sent_bytes"] / MB, "ratio": last["compression_ratio"]}
         summary["tta_target"] = threshold
     summary["tta"] = tta
@@ -148,13 +151,17 @@ def markdown(raw: dict, analysis: dict, fit: advisor.Fit) -> str:
     if s.get("tta"):
         lines += [f"## Time to accuracy: examples/torch_fashion_mnist.py, {raw['tta'][0]['workers']} workers "
                   f"at {raw['tta'][0]['rate']}", "",
-                  f"Target: the uncompressed run's final test accuracy − 0.5 pp = {s['tta_target']:.4f} "
-                  f"(2000 test images; training time excludes evaluation).", "",
-                  "| compressor | final accuracy | training s | time to target s | MB sent/rank | ratio |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  f"Target: the uncompressed run's final test accuracy − 0.5 pp = {s['tta_target']:.4f}; "
+                  f"also shown: time to the uncompressed final accuracy itself. Accuracy is measured every "
+                  f"{raw['tta'][0]['records'][0]['steps']} steps; training time excludes evaluation.", "",
+                  "| compressor | final accuracy | training s | time to target s | time to uncompressed final s "
+                  "| MB sent/rank | ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for spec, t in s["tta"].items():
             lines.append(f"| {spec} | {t['final_accuracy']:.4f} | {t['train_seconds']:.0f} | "
-                         f"{_fmt(t['time_to_target_s'], '.0f', 'not reached')} | {t['sent_MB']:.1f} | {t['ratio']:.1f}× |")
+                         f"{_fmt(t['time_to_target_s'], '.0f', 'not reached')} | "
+                         f"{_fmt(t.get('time_to_baseline_final_s'), '.0f', 'not reached')} | "
+                         f"{t['sent_MB']:.1f} | {t['ratio']:.1f}× |")
         lines.append("")
     if s["targets"]:
         lines += ["## The issue's targets (PowerSGD rank 2)", ""]

@@ -128,7 +128,7 @@ def main(argv=None) -> int:
                 target = work / "raw" / f"tta.{len(raw['tta'])}.jsonl"
                 flags = (["--epochs", 1, "--max-batches", 4, "--train-limit", 2000, "--test-limit", 500,
                           "--eval-every", 2] if args.smoke else
-                         ["--epochs", args.tta_epochs, "--test-limit", 2000, "--eval-every", args.eval_every]
+                         ["--epochs", args.tta_epochs, "--eval-every", args.eval_every]
                          + (["--train-limit", args.tta_train_limit] if args.tta_train_limit else []))
                 flags += TTA_EXTRA_FLAGS.get(spec.split(":")[0], [])
                 results = cluster.run_horovod(python(ROOT / "examples/torch_fashion_mnist.py", "--compression",
