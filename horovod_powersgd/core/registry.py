@@ -50,3 +50,20 @@ def parse_spec(spec: str) -> Tuple[str, dict]:
         except (ValueError, SyntaxError):
             kwargs[key.strip()] = value.strip()
     return name, kwargs
+
+
+def adapt_all(adapter: type, module: str, extra_bases: tuple = ()) -> Dict[str, type]:
+    """A framework's public class for every registered compressor, by class name: the adapter mixin
+    (which supplies the backend) in front of the core class."""
+    return {core.__name__: type(core.__name__, (adapter, core, *extra_bases),
+                                {"__doc__": core.__doc__, "__module__": module})
+            for core in COMPRESSORS.values()}
+
+
+def build_from_spec(spec: str, classes: Dict[str, type], no_compression):
+    """The compressor a spec names, from a framework's ``classes`` (see `adapt_all`);
+    ``no_compression()`` is called for ``"none"``."""
+    name, kwargs = parse_spec(spec)
+    if name == "none":
+        return no_compression()
+    return classes[COMPRESSORS[name].__name__](**kwargs)

@@ -20,7 +20,7 @@ import re
 
 import tensorflow as tf
 
-from ..core.registry import COMPRESSORS, parse_spec
+from ..core.registry import adapt_all, build_from_spec
 from ..core.stats import CompressionStats, StepBytes
 from .backend import TensorFlowBackend
 
@@ -76,25 +76,21 @@ class _TensorFlowAdapter:
         return stats
 
 
-def _adapt(core_class):
-    # Trackable last: Compressor.__init__ does not chain to it, and Trackable initializes lazily.
-    return type(core_class.__name__, (_TensorFlowAdapter, core_class, _Trackable),
-                {"__doc__": core_class.__doc__, "__module__": __name__})
+# Trackable last: Compressor.__init__ does not chain to it, and Trackable initializes lazily.
+_CLASSES = adapt_all(_TensorFlowAdapter, __name__, extra_bases=(_Trackable,))
+globals().update(_CLASSES)
 
 
-for _core_class in COMPRESSORS.values():
-    globals()[_core_class.__name__] = _adapt(_core_class)
+def _no_compression():
+    from horovod.tensorflow import Compression
+
+    return Compression.none
 
 
 def from_spec(spec: str):
     """A compressor from a string such as ``"powersgd:rank=2"``; ``"none"`` gives Horovod's
     ``Compression.none``."""
-    name, kwargs = parse_spec(spec)
-    if name == "none":
-        from horovod.tensorflow import Compression
-
-        return Compression.none
-    return globals()[COMPRESSORS[name].__name__](**kwargs)
+    return build_from_spec(spec, _CLASSES, _no_compression)
 
 
-__all__ = [c.__name__ for c in COMPRESSORS.values()] + ["from_spec", "TensorFlowBackend"]
+__all__ = [*_CLASSES, "from_spec", "TensorFlowBackend"]

@@ -11,7 +11,7 @@ taking the same keyword arguments as the core class (without the backend).
 """
 from __future__ import annotations
 
-from ..core.registry import COMPRESSORS, parse_spec
+from ..core.registry import adapt_all, build_from_spec
 from .backend import TorchBackend
 
 
@@ -27,24 +27,20 @@ class _TorchAdapter:
         return self
 
 
-def _adapt(core_class):
-    return type(core_class.__name__, (_TorchAdapter, core_class),
-                {"__doc__": core_class.__doc__, "__module__": __name__})
+_CLASSES = adapt_all(_TorchAdapter, __name__)
+globals().update(_CLASSES)
 
 
-for _core_class in COMPRESSORS.values():
-    globals()[_core_class.__name__] = _adapt(_core_class)
+def _no_compression():
+    from horovod.torch import Compression
+
+    return Compression.none
 
 
 def from_spec(spec: str):
     """A compressor from a string such as ``"powersgd:rank=2"``; ``"none"`` gives Horovod's
     ``Compression.none``."""
-    name, kwargs = parse_spec(spec)
-    if name == "none":
-        from horovod.torch import Compression
-
-        return Compression.none
-    return globals()[COMPRESSORS[name].__name__](**kwargs)
+    return build_from_spec(spec, _CLASSES, _no_compression)
 
 
-__all__ = [c.__name__ for c in COMPRESSORS.values()] + ["from_spec", "TorchBackend"]
+__all__ = [*_CLASSES, "from_spec", "TorchBackend"]
