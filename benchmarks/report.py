@@ -99,8 +99,9 @@ def markdown(raw: dict, analysis: dict, fit: advisor.Fit) -> str:
     lines = [f"# Emulated-cluster benchmark{' (smoke)' if m['smoke'] else ''}", "",
              f"Command: `{m['command']}` — {m['seconds'] / 60:.1f} min. Machine: {m['cpus']} CPU cores, "
              f"no GPU, {m['platform']}; workers are processes in network namespaces linked by a bridge, each "
-             f"NIC shaped with `tc tbf` (DESIGN.md §6), one compute thread per worker. Cost model fit: "
-             f"η = {fit.efficiency:.2f}, α = {fit.latency_s * 1e6:.0f} µs ({fit.source}).", ""]
+             f"NIC shaped with `tc tbf` (DESIGN.md §6), one compute thread per worker. Cost model "
+             f"(`horovod_powersgd/advisor.py`): η = {fit.efficiency:.2f}, β = {fit.round_overhead_s * 1e3:.1f} ms "
+             f"per collective round, α = {fit.latency_s * 1e6:.0f} µs per hop (not fitted) — {fit.source}.", ""]
     rows = analysis["rows"]
     for run in raw["steps"]:
         task = run["task"]
@@ -146,6 +147,14 @@ def markdown(raw: dict, analysis: dict, fit: advisor.Fit) -> str:
                 link = r and r.get("link_bytes_per_step")
                 cells.append("—" if r is None else f"{r['step_s'] * 1e3:.0f} / {_fmt(link and link / MB, '.2f')}")
             lines.append(f"| {spec} | {coll} | " + " | ".join(cells) + " |")
+        errors = []
+        for run in raw["scaling"]:
+            errs = sorted(abs(r["prediction_error"]) for r in rows
+                          if r["phase"] == "scaling" and r["workers"] == run["workers"])
+            errors.append(f"{run['workers']} workers {errs[len(errs) // 2] * 100:.0f} %" if errs else "")
+        lines += ["", "Cost model, median |error| of the predicted step time: " + ", ".join(errors)
+                  + " (fitted on 2-worker runs only; with 3–4 workers on 2 cores the CPU, not the link, "
+                    "adds the difference)."]
         lines.append("")
     s = analysis["summary"]
     if s.get("tta"):

@@ -6,11 +6,13 @@
 Model of one step (no overlap of communication with backprop assumed, i.e. pessimistic for all):
 
     t_step = t_compute + t_codec + Σ_rounds t_round
-    ring all-reduce of S bytes:         t = 2(N−1)/N · S / (η·B) + 2(N−1)·α
-    ring all-gather of s bytes per rank: t = (N−1) · s / (η·B) + (N−1)·α
+    ring all-reduce of S bytes:         t = 2(N−1)/N · S / (η·B) + 2(N−1)·α + β
+    ring all-gather of s bytes per rank: t = (N−1) · s / (η·B) + (N−1)·α + β
 
 B is the per-worker link bandwidth, N the workers, η the fraction of B a collective achieves (TCP and
-framing overhead, Horovod's pipeline) and α the per-hop latency. Bytes per step come from each
+framing overhead, Horovod's pipeline), α the network's per-hop latency (a property of *your* network:
+``--latency-us``, default 50 µs) and β the fixed cost of one collective round in the framework
+(Horovod's negotiation and cycle, waking the threads involved). Bytes per step come from each
 compressor's wire format (below, float32 gradients of d elements, a matrix being n×m):
 
     none     all-reduce 4d                        fp16/bf16  all-reduce 2d
@@ -19,7 +21,7 @@ compressor's wire format (below, float32 gradients of d elements, a matrix being
     topk     all-gather 8k, k = round(ratio·d) (+ placeholder)     randomk  all-reduce 4k
 
 t_codec = c·d summed over tensors, with c (seconds per element, per compressor; PowerSGD's scales
-with the rank) fitted from this project's measurements, like η and α (see `fit`). The defaults come
+with the rank) fitted from this project's measurements, like η and β (see `fit`). The defaults come
 from ``results/advisor_fit.json`` when present: *this* machine's CPU, one thread per worker — on a
 GPU, scale the codec cost with ``--codec-scale``.
 """
@@ -163,18 +165,19 @@ def traffic(spec: str, shapes: Sequence[Shape]) -> Traffic:
 @dataclasses.dataclass
 class Fit:
     efficiency: float = 0.85  # η: DESIGN §6 measured 85–96 % of the ring prediction at ≤ 1 Gbit/s
-    latency_s: float = 50e-6  # α per hop, Horovod/Gloo over TCP
+    latency_s: float = 50e-6  # α per hop: the network's, not fitted (the emulated links add none)
     codec_s_per_element: Dict[str, float] = dataclasses.field(default_factory=lambda: {
         "powersgd": 1.5e-9, "fp16": 1e-9, "bf16": 1e-9, "signum": 5e-9, "signnorm": 5e-9,
         "topk": 10e-9, "randomk": 5e-9})  # per element and (PowerSGD) per unit of rank
     source: str = "built-in defaults (no results/advisor_fit.json)"
+    round_overhead_s: float = 1e-3  # β per collective round (framework), fitted
 
     @classmethod
     def load(cls, path: Path = FIT_PATH) -> "Fit":
         if path.is_file():
             data = json.loads(path.read_text())
             return cls(data["efficiency"], data["latency_s"], data["codec_s_per_element"],
-                       data.get("source", str(path)))
+                       data.get("source", str(path)), data.get("round_overhead_s", 1e-3))
         return cls()
 
     def save(self, path: Path = FIT_PATH) -> None:
@@ -186,14 +189,15 @@ def allreduce_seconds(nbytes: float, workers: int, bps: float, fit: Fit) -> floa
     n = workers
     if n < 2:
         return 0.0
-    return 2 * (n - 1) / n * nbytes * 8 / (fit.efficiency * bps) + 2 * (n - 1) * fit.latency_s
+    return (2 * (n - 1) / n * nbytes * 8 / (fit.efficiency * bps) + 2 * (n - 1) * fit.latency_s
+            + fit.round_overhead_s)
 
 
 def allgather_seconds(nbytes_per_rank: float, workers: int, bps: float, fit: Fit) -> float:
     n = workers
     if n < 2 or nbytes_per_rank == 0:
         return 0.0
-    return (n - 1) * nbytes_per_rank * 8 / (fit.efficiency * bps) + (n - 1) * fit.latency_s
+    return (n - 1) * nbytes_per_rank * 8 / (fit.efficiency * bps) + (n - 1) * fit.latency_s + fit.round_overhead_s
 
 
 def codec_seconds(spec: str, t: Traffic, fit: Fit, scale: float = 1.0) -> float:
@@ -247,23 +251,24 @@ def break_even_bandwidth(spec, shapes, workers, compute_s, fit=None, codec_scale
 
 # ---------------------------------------------------------------------------- fitting
 def fit(measurements: Iterable[dict], base: Optional[Fit] = None, max_workers: int = 2) -> Fit:
-    """Fit η, α and the codec costs from benchmark measurements.
+    """Fit η, β and the codec costs from benchmark measurements (α stays the base's: a network
+    property that the emulated links, which add no delay, cannot measure).
 
-    Each measurement: {"spec", "shapes", "workers", "bps", "communicate_s", "codec_s"}. η and α come
+    Each measurement: {"spec", "shapes", "workers", "bps", "communicate_s", "codec_s"}. η and β come
     from a least-squares fit over every compressor's measured exposed communication,
 
-        communicate ≈ X / η + H · α,
+        communicate − H·α ≈ X / η + R · β,
 
-    X = the ideal transfer time of the spec's rounds (η = 1, α = 0), H = its hop count (2(N−1) per
-    all-reduce round, N−1 per all-gather). Only runs with ≤ ``max_workers`` workers are fitted: on
-    this 2-core machine more workers share cores, which adds CPU contention the network model must
-    not absorb (DESIGN.md §6); the benchmark still reports the prediction error for them.
+    X = the ideal transfer time of the spec's rounds (η = 1), R = its number of collective rounds,
+    H = its hop count. Only runs with ≤ ``max_workers`` workers are fitted: on this 2-core machine
+    more workers share cores, which adds CPU contention the network model must not absorb
+    (DESIGN.md §6); the benchmark still reports the prediction error for them.
     Codec costs: the median over measurements of codec_s / (elements × rank).
     """
     import numpy as np
 
     base = base or Fit()
-    exact = Fit(1.0, 0.0, {}, "")
+    exact = Fit(1.0, 0.0, {}, "", 0.0)
     rows, target, codec = [], [], {}
     for m in measurements:
         name, kw = parse_spec(m["spec"])
@@ -272,24 +277,25 @@ def fit(measurements: Iterable[dict], base: Optional[Fit] = None, max_workers: i
         if 2 <= n <= max_workers:
             x = sum(allreduce_seconds(b, n, bps, exact) for b in t.allreduce_rounds)
             x += allgather_seconds(t.allgather_bytes, n, bps, exact)
+            rounds = len(t.allreduce_rounds) + (t.allgather_bytes > 0)
             hops = 2 * (n - 1) * len(t.allreduce_rounds) + (n - 1) * (t.allgather_bytes > 0)
-            rows.append([x, hops])
-            target.append(m["communicate_s"])
+            rows.append([x, rounds])
+            target.append(m["communicate_s"] - hops * base.latency_s)
         if t.compressed_elements and m.get("codec_s") is not None:
             scale = int(kw.get("rank", 1)) * int(kw.get("power_iterations", 1)) if name == "powersgd" else 1
             codec.setdefault(name, []).append(m["codec_s"] / (t.compressed_elements * scale))
-    efficiency, latency = base.efficiency, base.latency_s
+    efficiency, overhead = base.efficiency, base.round_overhead_s
     if len(rows) >= 2:
         A, y = np.asarray(rows, dtype=float), np.asarray(target, dtype=float)
-        (inv_eta, alpha), *_ = np.linalg.lstsq(A, y, rcond=None)
-        if alpha < 0:  # latency cannot be negative: refit the bandwidth term alone
-            inv_eta, alpha = float(A[:, 0] @ y / (A[:, 0] @ A[:, 0])), 0.0
+        (inv_eta, beta), *_ = np.linalg.lstsq(A, y, rcond=None)
+        if beta < 0:  # an overhead cannot be negative: refit the bandwidth term alone
+            inv_eta, beta = float(A[:, 0] @ y / (A[:, 0] @ A[:, 0])), 0.0
         if inv_eta > 0:
-            efficiency, latency = float(min(1.0, 1.0 / inv_eta)), float(alpha)
+            efficiency, overhead = float(min(1.0, 1.0 / inv_eta)), float(beta)
     per_element = dict(base.codec_s_per_element)
     per_element.update({k: float(np.median(v)) for k, v in codec.items()})
-    return Fit(efficiency, latency, per_element,
-               source=f"fitted by benchmarks.run on {len(rows)} runs with <= {max_workers} workers")
+    return Fit(efficiency, base.latency_s, per_element,
+               f"fitted by benchmarks.run on {len(rows)} runs with <= {max_workers} workers", overhead)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -297,8 +303,8 @@ DEFAULT_SPECS = ("fp16", "powersgd:rank=1", "powersgd:rank=2", "powersgd:rank=4"
                  "topk:ratio=0.01", "randomk:ratio=0.01")
 # Compute-time assumptions for presets when --compute-ms is not given (forward+backward+update).
 PRESET_COMPUTE_MS = {"resnet18": (60.0, "assumed: ResNet-18, batch 64 per GPU, one V100-class GPU"),
-                     "fashion_cnn": (45.0, "measured here: 1 CPU thread, batch 64"),
-                     "ptb_lstm": (200.0, "measured here: 1 CPU thread, batch 20×35")}
+                     "fashion_cnn": (34.0, "measured by benchmarks.run: 1 CPU thread, batch 64"),
+                     "ptb_lstm": (210.0, "measured by benchmarks.run: 1 CPU thread, batch 20×35")}
 
 
 def main(argv=None) -> int:
@@ -317,6 +323,9 @@ def main(argv=None) -> int:
                         help="';'-separated compressor specs to compare with none")
     parser.add_argument("--compare-bandwidth", default="100gbit",
                         help="a second bandwidth for the one-line verdict")
+    parser.add_argument("--latency-us", type=float, default=None, help="per-hop network latency α")
+    parser.add_argument("--round-overhead-ms", type=float, default=None,
+                        help="fixed cost β of one collective round (default: the fit's)")
     parser.add_argument("--json", action="store_true", help="print machine-readable output")
     args = parser.parse_args(argv)
 
@@ -331,6 +340,10 @@ def main(argv=None) -> int:
         parser.error("--compute-ms is required for a model given by shapes")
     codec_scale = 1.0 if args.codec_scale is None else args.codec_scale
     fit_ = Fit.load()
+    if args.latency_us is not None:
+        fit_.latency_s = args.latency_us * 1e-6
+    if args.round_overhead_ms is not None:
+        fit_.round_overhead_s = args.round_overhead_ms * 1e-3
     specs = [s for s in args.specs.split(";") if s.strip()]
     base = predict("none", shapes, bps, args.workers, compute_s, fit_, codec_scale)
     rows = []
@@ -348,8 +361,8 @@ def main(argv=None) -> int:
         return 0
     print(f"{args.model}: {sum(map(numel, shapes)) / 1e6:.2f}M parameters, {args.workers} workers, "
           f"{format_rate(bps)} per worker, compute {compute_s * 1e3:.0f} ms/step ({compute_note}), "
-          f"codec cost ×{codec_scale:g} of the fit; model fit: η={fit_.efficiency:.2f}, "
-          f"α={fit_.latency_s * 1e6:.0f} µs ({fit_.source})")
+          f"codec cost ×{codec_scale:g} of the fit; η={fit_.efficiency:.2f}, α={fit_.latency_s * 1e6:.0f} µs/hop, "
+          f"β={fit_.round_overhead_s * 1e3:.1f} ms/round ({fit_.source})")
     print(f"{'compressor':<22}{'MB/step':>9}{'compute':>9}{'codec':>8}{'comm':>9}{'step ms':>9}{'speed-up':>10}"
           f"{'@' + args.compare_bandwidth:>12}  pays below")
     for r in rows:

@@ -6,7 +6,7 @@ import pytest
 from horovod_powersgd import advisor
 from horovod_powersgd.advisor import Fit, allgather_seconds, allreduce_seconds, traffic
 
-EXACT = Fit(efficiency=1.0, latency_s=0.0, codec_s_per_element={}, source="test")
+EXACT = Fit(efficiency=1.0, latency_s=0.0, codec_s_per_element={}, source="test", round_overhead_s=0.0)
 
 
 def test_resnet18_has_torchvisions_parameter_count():
@@ -56,8 +56,10 @@ def test_ring_allreduce_and_allgather_times():
     assert allreduce_seconds(1e6, 4, 8e6, EXACT) == pytest.approx(1.5)
     assert allgather_seconds(1e6, 4, 8e6, EXACT) == pytest.approx(3.0)
     assert allreduce_seconds(1e6, 1, 8e6, EXACT) == 0.0
-    slow = Fit(efficiency=0.5, latency_s=1e-3, codec_s_per_element={})
-    assert allreduce_seconds(1e6, 2, 8e6, slow) == pytest.approx(2.0 + 2e-3)
+    slow = Fit(efficiency=0.5, latency_s=1e-3, codec_s_per_element={}, round_overhead_s=0.01)
+    assert allreduce_seconds(1e6, 2, 8e6, slow) == pytest.approx(2.0 + 2e-3 + 0.01)
+    assert allreduce_seconds(1e6, 4, 8e6, slow) == pytest.approx(3.0 + 6e-3 + 0.01)
+    assert allgather_seconds(1e6, 4, 8e6, slow) == pytest.approx(6.0 + 3e-3 + 0.01)
 
 
 def test_allgather_loses_to_allreduce_as_workers_grow():
@@ -79,8 +81,8 @@ def test_compression_pays_on_slow_links_and_not_on_fast_ones():
     assert advisor.speedup("powersgd:rank=2", shapes, edge, 8, 0.06, fit) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_fit_recovers_efficiency_latency_and_codec_cost():
-    truth = Fit(0.8, 2e-4, {"powersgd": 3e-9}, "truth")
+def test_fit_recovers_efficiency_round_overhead_and_codec_cost():
+    truth = Fit(0.8, 2e-4, {"powersgd": 3e-9}, "truth", round_overhead_s=4e-3)
     shapes = advisor.fashion_cnn_shapes()
     measurements = []
     for n, bps in ((2, 1e9), (3, 2e8), (4, 2e8), (2, 1e8)):
@@ -88,14 +90,15 @@ def test_fit_recovers_efficiency_latency_and_codec_cost():
             p = advisor.predict(spec, shapes, bps, n, 0.05, truth)
             measurements.append({"spec": spec, "shapes": shapes, "workers": n, "bps": bps,
                                  "communicate_s": p.communicate_s, "codec_s": p.codec_s})
-    fitted = advisor.fit(measurements)
+    fitted = advisor.fit(measurements, base=Fit(latency_s=2e-4))  # α is given, not fitted
     assert fitted.efficiency == pytest.approx(0.8, rel=1e-6)
-    assert fitted.latency_s == pytest.approx(2e-4, rel=1e-6)
+    assert fitted.round_overhead_s == pytest.approx(4e-3, rel=1e-6)
+    assert fitted.latency_s == 2e-4
     assert fitted.codec_s_per_element["powersgd"] == pytest.approx(3e-9, rel=1e-6)
 
 
 def test_fit_round_trips_through_json(tmp_path):
-    fit = Fit(0.7, 1e-4, {"topk": 1e-8}, "here")
+    fit = Fit(0.7, 1e-4, {"topk": 1e-8}, "here", 3e-3)
     fit.save(tmp_path / "fit.json")
     assert Fit.load(tmp_path / "fit.json") == fit
     assert Fit.load(tmp_path / "missing.json").source.startswith("built-in")
