@@ -149,7 +149,8 @@ def main(argv=None) -> int:
     log("report")
     from benchmarks import report
 
-    report.write(raw, out, fit_advisor=not args.smoke)
+    # only the default results/ feeds the advisor's defaults; other --out dirs get their own fit file
+    report.write(raw, out, fit_advisor=not args.smoke and out.resolve() == (ROOT / "results").resolve())
     log(f"done: {out}")
     return 0
 
