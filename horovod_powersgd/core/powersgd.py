@@ -144,7 +144,7 @@ class PowerSGD(Compressor):
         self.cfg = PowerSGDConfig(rank, power_iterations, warm_start, error_feedback,
                                   float(min_compression_rate), start_step, seed,
                                   float(orthogonalization_epsilon), wire_dtype).validate()
-        if wire_dtype in backend.allreduce_unsupported_dtypes:
+        if wire_dtype in getattr(backend, "allreduce_unsupported_dtypes", ()):
             raise ValueError(f"PowerSGD: wire_dtype={wire_dtype!r} cannot be all-reduced by this "
                              f"Horovod (0.28.1 has no {wire_dtype} all-reduce); use 'float16'")
         super().__init__(backend)
@@ -233,18 +233,20 @@ class PowerSGD(Compressor):
         dtype = compute_dtype(ctx.dtype)
         P_hat = orthogonalize(b, b.cast(P_reduced, dtype), self.cfg.orthogonalization_epsilon)
         job = _Job(ctx, state, M, P_hat, handle=None)
-        self._submit_q(job, iteration=0)
+        job.Q = self._wire(b.transpose(M) @ P_hat)
         if b.deferred:
+            # Q is sent in `_finish_step`, with every other layer's, in one tight loop: Horovod
+            # fuses them into one round. Submitting each here would spread them over several of
+            # Horovod's cycles (each a round with its own latency) while decompress runs.
             job.out = b.empty(ctx.shape, ctx.dtype, like=P_hat)
             self._pending.append(job)
         else:
             self._finish([job])
         return job.out
 
-    def _submit_q(self, job: _Job, iteration: int) -> None:
-        Q = self._wire(self.backend.transpose(job.M) @ job.P_hat)
-        self._sent(Q)
-        job.handle = self.backend.allreduce_async(Q, f"powersgd.Q{iteration}.{job.ctx.identity.name}",
+    def _submit(self, job: _Job, tensor, round_name: str) -> None:
+        self._sent(tensor)
+        job.handle = self.backend.allreduce_async(tensor, f"powersgd.{round_name}.{job.ctx.identity.name}",
                                                   job.ctx.identity)
 
     def _wait(self, handle, dtype):
@@ -260,21 +262,21 @@ class PowerSGD(Compressor):
             self._finish(jobs)
 
     def _finish(self, jobs: list) -> None:
+        """Round 2 (Q̄) for all ``jobs`` at once, then k − 1 further fused P and Q round pairs."""
         b = self.backend
+        eps = self.cfg.orthogonalization_epsilon
+        for job in jobs:
+            self._submit(job, job.Q, "Q0")
         for job in jobs:
             job.Q = self._wait(job.handle, compute_dtype(job.ctx.dtype))
-        # Further power iterations (k > 1): one more fused P round and Q round each, all layers at once.
         for iteration in range(1, self.cfg.power_iterations):
             for job in jobs:
-                P = self._wire(job.M @ job.Q)
-                self._sent(P)
-                job.handle = b.allreduce_async(P, f"powersgd.P{iteration}.{job.ctx.identity.name}",
-                                               job.ctx.identity)
+                self._submit(job, self._wire(job.M @ job.Q), f"P{iteration}")
             for job in jobs:
-                dtype = compute_dtype(job.ctx.dtype)
-                job.P_hat = orthogonalize(b, self._wait(job.handle, dtype),
-                                          self.cfg.orthogonalization_epsilon)
-                self._submit_q(job, iteration)
+                job.P_hat = orthogonalize(b, self._wait(job.handle, compute_dtype(job.ctx.dtype)), eps)
+                job.Q = self._wire(b.transpose(job.M) @ job.P_hat)
+            for job in jobs:
+                self._submit(job, job.Q, f"Q{iteration}")
             for job in jobs:
                 job.Q = self._wait(job.handle, compute_dtype(job.ctx.dtype))
         for job in jobs:
