@@ -18,11 +18,12 @@ rounds are plain all-reduces. A matrix costs r(n + m) numbers on the wire instea
 
 How the phases map onto Horovod's one-collective hook (see DESIGN.md §3):
   `_compress`    phase 1: returns P; Horovod all-reduces it with everything else.
-  `_decompress`  phase 2: orthogonalizes P̄, submits Q's all-reduce, returns the gradient's output
+  `_decompress`  phase 2: orthogonalizes P̄, computes Q = Mᵀ P̂, returns the gradient's output
                  tensor (on deferred backends not yet filled).
-  `_finish_step` phase 3: once the step's last tensor is decompressed, waits for all Q̄ (Horovod has
-                 fused them into one round), runs any further power iterations, and fills every
-                 output in place before the optimizer's step.
+  `_finish_step` phase 3: once the step's last tensor is decompressed, submits every layer's Q in one
+                 tight loop (Horovod fuses them into one round), waits for them, runs any further
+                 power iterations the same way, and fills every output in place before the
+                 optimizer's step.
 On graph backends (TensorFlow) phases 2 and 3 are emitted together per tensor; the graph runs the
 collectives concurrently and Horovod fuses them.
 """
