@@ -209,6 +209,16 @@ class Backend(abc.ABC):
     def wait(self, handle):
         """The result of a collective started by this backend."""
 
+    def grouped_allreduce_async(self, tensors: Sequence, name: str, identity: TensorIdentity):
+        """Start an all-reduce of several tensors that runs as *one* fused round (Horovod's grouped
+        all-reduce: no tensor of the group waits for, or is split from, the others). Every rank
+        must pass the same tensors in the same order. Default: one all-reduce each."""
+        return [self.allreduce_async(t, f"{name}.{i}", identity) for i, t in enumerate(tensors)]
+
+    def wait_group(self, handle) -> list:
+        """The results of `grouped_allreduce_async`, in order."""
+        return [self.wait(h) for h in handle]
+
     def allgather_async(self, tensor, name: str, identity: TensorIdentity):
         """Start an all-gather (concatenation along dim 0, in rank order)."""
         raise NotImplementedError(f"{type(self).__name__} has no all-gather")

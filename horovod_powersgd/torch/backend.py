@@ -115,6 +115,18 @@ class TorchBackend(Backend):
         return hvd.allreduce_async(tensor.contiguous(), name=name, op=op,
                                    process_set=identity.process_set)
 
+    def grouped_allreduce_async(self, tensors, name, identity):
+        import horovod.torch as hvd
+
+        op = hvd.Average if identity.op is ReduceOp.AVERAGE else hvd.Sum
+        return hvd.grouped_allreduce_async([t.contiguous() for t in tensors], name=name, op=op,
+                                           process_set=identity.process_set)
+
+    def wait_group(self, handle):
+        import horovod.torch as hvd
+
+        return list(hvd.synchronize(handle))
+
     def allgather_async(self, tensor, name, identity):
         import horovod.torch as hvd
 
