@@ -237,9 +237,9 @@ class PowerSGD(Compressor):
         job.Q = self._wire(b.transpose(M) @ P_hat)
         if b.deferred:
             # Q is sent in `_finish_step` with every other layer's as one grouped all-reduce: one
-            # round. Submitted one by one, as layers are decompressed, they spread over several of
-            # Horovod's cycles, each a round with its own latency (measured: 1 fused Q round in
-            # only 6 of 30 steps even when submitted in a tight loop).
+            # round. Submitted one by one, as layers are decompressed, they would spread over
+            # several of Horovod's cycles (it fuses what every rank submitted by the same cycle),
+            # each a round with its own latency.
             job.out = b.empty(ctx.shape, ctx.dtype, like=P_hat)
             self._pending.append(job)
         else:
