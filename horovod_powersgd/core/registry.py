@@ -60,10 +60,12 @@ def adapt_all(adapter: type, module: str, extra_bases: tuple = ()) -> Dict[str, 
             for core in COMPRESSORS.values()}
 
 
-def build_from_spec(spec: str, classes: Dict[str, type], no_compression):
-    """The compressor a spec names, from a framework's ``classes`` (see `adapt_all`);
-    ``no_compression()`` is called for ``"none"``."""
+def build_from_spec(spec: str, classes: Dict[str, type], horovod_module: str):
+    """The compressor a spec names, from a framework's ``classes`` (see `adapt_all`); ``"none"``
+    gives ``<horovod_module>.Compression.none`` (Horovod's own: no compression)."""
     name, kwargs = parse_spec(spec)
     if name == "none":
-        return no_compression()
+        import importlib
+
+        return importlib.import_module(horovod_module).Compression.none
     return classes[COMPRESSORS[name].__name__](**kwargs)

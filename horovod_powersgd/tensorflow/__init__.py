@@ -81,16 +81,10 @@ _CLASSES = adapt_all(_TensorFlowAdapter, __name__, extra_bases=(_Trackable,))
 globals().update(_CLASSES)
 
 
-def _no_compression():
-    from horovod.tensorflow import Compression
-
-    return Compression.none
-
-
 def from_spec(spec: str):
     """A compressor from a string such as ``"powersgd:rank=2"``; ``"none"`` gives Horovod's
     ``Compression.none``."""
-    return build_from_spec(spec, _CLASSES, _no_compression)
+    return build_from_spec(spec, _CLASSES, "horovod.tensorflow")
 
 
 __all__ = [*_CLASSES, "from_spec", "TensorFlowBackend"]
