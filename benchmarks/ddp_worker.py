@@ -13,7 +13,6 @@ import argparse
 import datetime
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch

@@ -25,6 +25,20 @@ def init_threads(local_size: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+def start(hvd, args):
+    """Horovod up, one compute thread per rank, seeded; Fashion-MNIST as NHWC arrays
+    (x_train, y_train, x_test, y_test) and the rows of the training set that are this rank's."""
+    from horovod_powersgd.datasets import fashion_mnist, shard
+
+    hvd.init()
+    init_threads(hvd.local_size())
+    tf.keras.utils.set_random_seed(args.seed)
+    x_train, y_train = fashion_mnist("train", args.train_limit)
+    x_test, y_test = fashion_mnist("test", args.test_limit)
+    rows = shard(len(x_train), hvd.rank(), hvd.size())
+    return nhwc(x_train), y_train, nhwc(x_test), y_test, rows
+
+
 def nhwc(x: np.ndarray) -> np.ndarray:
     """(N, 1, 28, 28) from horovod_powersgd.datasets → (N, 28, 28, 1), TensorFlow's CPU layout."""
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))

@@ -20,7 +20,6 @@ import tf_keras as keras
 
 import _flags
 import _report
-from horovod_powersgd.datasets import fashion_mnist, shard
 
 
 def parse_args(argv=None):
@@ -61,13 +60,7 @@ class EpochEnd(keras.callbacks.Callback):
 
 def main(argv=None):
     args = parse_args(argv)
-    hvd.init()
-    tfc.init_threads(hvd.local_size())
-    tf.keras.utils.set_random_seed(args.seed)
-    x_train, y_train = fashion_mnist("train", args.train_limit)
-    x_test, y_test = fashion_mnist("test", args.test_limit)
-    x_train, x_test = tfc.nhwc(x_train), tfc.nhwc(x_test)
-    rows = shard(len(x_train), hvd.rank(), hvd.size())
+    x_train, y_train, x_test, y_test, rows = tfc.start(hvd, args)
     x_train, y_train = x_train[rows], y_train[rows]
     if args.max_batches is not None:
         x_train, y_train = x_train[:args.max_batches * args.batch_size], y_train[:args.max_batches * args.batch_size]

@@ -19,7 +19,6 @@ import tf_keras as keras
 
 import _flags
 import _report
-from horovod_powersgd.datasets import fashion_mnist, shard
 
 
 def parse_args(argv=None):
@@ -34,13 +33,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    hvd.init()
-    tfc.init_threads(hvd.local_size())
-    tf.keras.utils.set_random_seed(args.seed)
-    x_train, y_train = fashion_mnist("train", args.train_limit)
-    x_test, y_test = fashion_mnist("test", args.test_limit)
-    x_train, x_test = tfc.nhwc(x_train), tfc.nhwc(x_test)
-    my_rows = shard(len(x_train), hvd.rank(), hvd.size())
+    x_train, y_train, x_test, y_test, my_rows = tfc.start(hvd, args)
 
     model = tfc.fashion_cnn(args.hidden)
     optimizer = keras.optimizers.SGD(args.lr, momentum=args.momentum)

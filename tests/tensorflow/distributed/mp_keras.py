@@ -1,6 +1,5 @@
 """Keras model.fit with horovod.tensorflow.keras on every rank (tf-keras, TF_USE_LEGACY_KERAS=1)."""
 import numpy as np
-import pytest
 
 from horovod_powersgd.datasets import fashion_mnist
 

@@ -7,7 +7,7 @@ from horovod_powersgd.core.powersgd import PowerSGD as CorePowerSGD
 from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradients
 from horovod_powersgd.torch import PowerSGD
 
-from helpers import (FixedGradients, assert_identical_across_ranks, exact_average, gather,
+from helpers import (FixedGradients, assert_identical_across_ranks, exact_average,
                      local_gradients, make_optimizer, reduced_step)
 
 SHAPES = {"dense": (64, 32), "conv": (8, 4, 3, 3), "bias": (32,), "small": (3, 3)}

@@ -1,5 +1,4 @@
 """Real training on 2 ranks: checkpoint/resume bit-identity, and accuracy against uncompressed."""
-import os
 
 import numpy as np
 import pytest
