@@ -209,6 +209,13 @@ def plots(raw: dict, analysis: dict, out: Path) -> list:
     import matplotlib.pyplot as plt
 
     written = []
+
+    def save(fig, name: str) -> str:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        return name
+
     rows = analysis["rows"]
     tasks = [run["task"] for run in raw["steps"]]
     if tasks:
@@ -232,10 +239,7 @@ def plots(raw: dict, analysis: dict, out: Path) -> list:
             ax.set_ylabel("ms per step")
             ax.set_title(f"{run['task']}: {run['workers']} workers at {run['rate']}")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "step_breakdown.png", dpi=110)
-        plt.close(fig)
-        written.append("step_breakdown.png")
+        written.append(save(fig, "step_breakdown.png"))
     if raw["tta"]:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for run in raw["tta"]:
@@ -247,10 +251,7 @@ def plots(raw: dict, analysis: dict, out: Path) -> list:
         ax.set_ylabel("test accuracy")
         ax.set_title(f"Fashion-MNIST, {raw['tta'][0]['workers']} workers at {raw['tta'][0]['rate']}")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "time_to_accuracy.png", dpi=110)
-        plt.close(fig)
-        written.append("time_to_accuracy.png")
+        written.append(save(fig, "time_to_accuracy.png"))
     if raw["scaling"]:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
         specs = [r["spec"] for r in raw["scaling"][0]["results"] if "error" not in r]
@@ -269,10 +270,7 @@ def plots(raw: dict, analysis: dict, out: Path) -> list:
         a1.legend(fontsize=7)
         a2.legend(fontsize=7)
         fig.suptitle(f"Fashion-MNIST CNN at {raw['scaling'][0]['rate']} per worker")
-        fig.tight_layout()
-        fig.savefig(out / "bytes_vs_workers.png", dpi=110)
-        plt.close(fig)
-        written.append("bytes_vs_workers.png")
+        written.append(save(fig, "bytes_vs_workers.png"))
     return written
 
 

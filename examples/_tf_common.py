@@ -25,6 +25,22 @@ def init_threads(local_size: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+def parse_args(description: str, argv=None):
+    """The flags of both TensorFlow Fashion-MNIST examples (GradientTape and Keras)."""
+    import argparse
+
+    import _flags
+
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _flags.add_common_flags(parser, epochs=3, batch_size=64, lr=0.05)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--hidden", type=int, default=1024)
+    return parser.parse_args(argv)
+
+
 def start(hvd, args):
     """Horovod up, one compute thread per rank, seeded; Fashion-MNIST as NHWC arrays
     (x_train, y_train, x_test, y_test) and the rows of the training set that are this rank's."""

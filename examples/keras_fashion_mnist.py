@@ -10,7 +10,6 @@ own progress bar (rank 0). Checkpoints: one tf.train.Checkpoint per rank (compre
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import _tf_common as tfc  # first: sets TF_USE_LEGACY_KERAS before TensorFlow loads
@@ -18,18 +17,7 @@ import horovod.tensorflow.keras as hvd
 import tensorflow as tf
 import tf_keras as keras
 
-import _flags
 import _report
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _flags.add_common_flags(parser, epochs=3, batch_size=64, lr=0.05)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--train-limit", type=int, default=None)
-    parser.add_argument("--test-limit", type=int, default=None)
-    parser.add_argument("--hidden", type=int, default=1024)
-    return parser.parse_args(argv)
 
 
 class EpochEnd(keras.callbacks.Callback):
@@ -59,7 +47,7 @@ class EpochEnd(keras.callbacks.Callback):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = tfc.parse_args(__doc__, argv)
     x_train, y_train, x_test, y_test, rows = tfc.start(hvd, args)
     x_train, y_train = x_train[rows], y_train[rows]
     if args.max_batches is not None:
