@@ -38,6 +38,21 @@ class TensorIdentity:
     group_size: int
     process_set: Any = None
 
+    @classmethod
+    def from_horovod(cls, name: str, op, process_set, hvd) -> "TensorIdentity":
+        """From a Horovod op and process set; ``hvd`` is the framework's Horovod module
+        (``horovod.torch`` or ``horovod.tensorflow``), None meaning its defaults."""
+        if op is None or op == hvd.Average:
+            reduce_op = ReduceOp.AVERAGE
+        elif op == hvd.Sum:
+            reduce_op = ReduceOp.SUM
+        else:
+            raise ValueError(f"gradient compression supports op=hvd.Average and op=hvd.Sum, got "
+                             f"op={op} (Adasum is not linear: compressed factors cannot be combined by it)")
+        if process_set is None:
+            process_set = hvd.global_process_set
+        return cls(name, reduce_op, process_set.size(), process_set)
+
 
 class Backend(abc.ABC):
     """Tensor operations and collectives for one framework.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import weakref
 
-from ..core.backend import ReduceOp, TensorIdentity
+from ..core.backend import TensorIdentity
 
 _MAX_FRAMES = 80  # tf.cond tracing and AutoGraph put ~30 frames between allreduce_grads and us
 
@@ -67,13 +67,4 @@ class VariableNamer:
     def _identity(name, op, process_set) -> TensorIdentity:
         import horovod.tensorflow as hvd
 
-        if op is None or op == hvd.Average:
-            reduce_op = ReduceOp.AVERAGE
-        elif op == hvd.Sum:
-            reduce_op = ReduceOp.SUM
-        else:
-            raise ValueError(f"gradient compression supports op=hvd.Average and op=hvd.Sum, got "
-                             f"op={op} (Adasum is not linear: compressed factors cannot be combined by it)")
-        if process_set is None:
-            process_set = hvd.global_process_set
-        return TensorIdentity(name, reduce_op, process_set.size(), process_set)
+        return TensorIdentity.from_horovod(name, op, process_set, hvd)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 import weakref
 
-from ..core.backend import ReduceOp, TensorIdentity
+from ..core.backend import TensorIdentity
 
 _MAX_FRAMES = 12
 
@@ -85,14 +85,4 @@ class ParameterNamer:
     def _identity(name, op, process_set) -> TensorIdentity:
         import horovod.torch as hvd
 
-        if op is None:
-            op = hvd.Average
-        if op == hvd.Average:
-            reduce_op = ReduceOp.AVERAGE
-        elif op == hvd.Sum:
-            reduce_op = ReduceOp.SUM
-        else:
-            raise ValueError(f"gradient compression supports op=hvd.Average and op=hvd.Sum, got op={op}")
-        if process_set is None:
-            process_set = hvd.global_process_set
-        return TensorIdentity(name, reduce_op, process_set.size(), process_set)
+        return TensorIdentity.from_horovod(name, op, process_set, hvd)
