@@ -108,6 +108,8 @@ class Traffic:
     allreduce_rounds: List[int]  # bytes per all-reduce round (each round = one fused collective)
     allgather_bytes: int = 0  # bytes per rank all-gathered (one fused round)
     compressed_elements: int = 0  # elements that went through a compressor's codec
+    tensors: Optional[List[int]] = None  # tensors fused into each all-reduce round (default 1 each)
+    allgather_tensors: int = 0  # tensors fused into the all-gather round
 
     @property
     def total(self) -> int:
@@ -126,39 +128,55 @@ def parse_spec(spec: str) -> Tuple[str, dict]:
     return name.strip().lower(), kwargs
 
 
-def traffic(spec: str, shapes: Sequence[Shape]) -> Traffic:
-    """Bytes per step for ``spec`` on float32 gradients of ``shapes`` (see the module docstring)."""
-    name, kw = parse_spec(spec)
-    sizes = [numel(s) for s in shapes]
-    d = sum(sizes)
+def compressor_for(spec: str):
+    """The core compressor a spec names (on a NumPy backend that never communicates): the one source
+    of truth for what it puts on the wire (`wire_bytes`) and which collective carries it."""
+    from .core.registry import COMPRESSORS
+    from .core.registry import parse_spec as registry_parse
+    from .reference.numpy_backend import NumpyBackend
+
+    name, kwargs = registry_parse(spec)
     if name == "none":
-        return Traffic([4 * d])
-    if name in ("fp16", "bf16"):
-        return Traffic([2 * d], compressed_elements=d)
-    if name == "powersgd":
-        r, min_rate = int(kw.get("rank", 1)), float(kw.get("min_compression_rate", 2.0))
-        iterations = int(kw.get("power_iterations", 1))
-        first, second, compressed = 0, 0, 0
-        for shape, size in zip(shapes, sizes):
-            if len(shape) >= 2:
-                n, m = shape[0], size // shape[0]
-                rank = min(r, n, m)
-                if n * m >= min_rate * rank * (n + m):
-                    first, second, compressed = first + 4 * n * rank, second + 4 * m * rank, compressed + size
-                    continue
-            first += 4 * size
-        p_rounds = [first] + [first - 4 * (d - compressed)] * (iterations - 1)  # later P rounds: matrices only
-        rounds = [x for pair in zip(p_rounds, [second] * iterations) for x in pair]
-        return Traffic(rounds, compressed_elements=compressed)
-    placeholders = 4 * len(shapes)
-    ratio = float(kw.get("ratio", 0.01))
-    if name in ("signum", "signnorm"):
-        return Traffic([placeholders], sum(math.ceil(s / 8) for s in sizes), compressed_elements=d)
-    if name == "topk":
-        return Traffic([placeholders], sum(8 * max(1, round(ratio * s)) for s in sizes), compressed_elements=d)
-    if name == "randomk":
-        return Traffic([sum(4 * max(1, round(ratio * s)) for s in sizes)], compressed_elements=d)
-    raise ValueError(f"the advisor has no wire model for {name!r}")
+        return None
+    return COMPRESSORS[name](NumpyBackend(None), **kwargs)
+
+
+def is_alternate(spec: str) -> bool:
+    """PowerSGD's single-round variant: one all-reduce per step, of P and Q in turn."""
+    name, kw = parse_spec(spec)
+    return name == "powersgd" and str(kw.get("alternate", False)).lower() in ("1", "true")
+
+
+def traffic(spec: str, shapes: Sequence[Shape]) -> Traffic:
+    """Bytes per step for ``spec`` on float32 gradients of ``shapes``, split into the rounds Horovod
+    runs, from the compressor's own ``wire_bytes`` (see the module docstring)."""
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    sizes = [numel(s) for s in shapes]
+    compressor = compressor_for(spec)
+    if compressor is None:
+        return Traffic([4 * sum(sizes)], tensors=[len(shapes)])
+    wire = [int(compressor.wire_bytes(s, "float32")) for s in shapes]
+    if getattr(compressor, "wire", None) is not None and compressor.wire.collective == "allgather":
+        from .core.wire import PLACEHOLDER_BYTES
+
+        return Traffic([PLACEHOLDER_BYTES * len(shapes)], sum(wire) - PLACEHOLDER_BYTES * len(shapes),
+                       compressed_elements=sum(sizes), tensors=[len(shapes)], allgather_tensors=len(shapes))
+    compressed = sum(size for size, b in zip(sizes, wire) if b != 4 * size)  # went through a codec
+    cfg = getattr(compressor, "cfg", None)
+    if cfg is None or not hasattr(compressor, "_new_state"):  # one all-reduce round (fp16, randomk, …)
+        return Traffic([sum(wire)], compressed_elements=compressed, tensors=[len(shapes)])
+    # PowerSGD: which tensors are compressed, and how, is the compressor's own plan
+    plans = [compressor._new_state(s).matrix for s in shapes]
+    raw = sum(b for b, plan in zip(wire, plans) if plan is None)
+    matrices = [(b, plan) for b, plan in zip(wire, plans) if plan is not None]
+    if getattr(cfg, "alternate", False):  # one round per step: P on one step, Q on the next
+        return Traffic([sum(wire)], compressed_elements=compressed, tensors=[len(shapes)])
+    k = cfg.power_iterations
+    p_bytes = sum(b // k * n // (n + m) for b, (n, m) in matrices)  # per iteration: r·n of r(n+m)
+    q_bytes = sum(b // k for b, _ in matrices) - p_bytes
+    rounds = [raw + p_bytes, q_bytes] + [p_bytes, q_bytes] * (k - 1)
+    tensors = [len(shapes), len(matrices)] + [len(matrices), len(matrices)] * (k - 1)
+    return Traffic(rounds, compressed_elements=compressed, tensors=tensors)
 
 
 # ---------------------------------------------------------------------------- time model
@@ -171,38 +189,84 @@ class Fit:
         "topk": 10e-9, "randomk": 5e-9})  # per element and (PowerSGD) per unit of rank
     source: str = "built-in defaults (no results/advisor_fit.json)"
     round_overhead_s: float = 1e-3  # β per collective round (framework), fitted
+    # --- measured by `horovod_powersgd.calibrate` on the user's cluster (None/empty: not measured)
+    tensor_overhead_s: float = 0.0  # γ: extra cost per tensor fused into a round (negotiation, copies)
+    bandwidth_bps: Optional[float] = None  # the link the fit was made on (the advisor's default)
+    workers: Optional[int] = None  # ranks it was measured with
+    codec_s_per_step: Dict[str, float] = dataclasses.field(default_factory=dict)  # spec -> s, on:
+    codec_shapes: Optional[List[List[int]]] = None  # … these gradient shapes
+    compute_s: Optional[float] = None  # measured compute per step for codec_shapes' model
+    spread: Dict[str, List[float]] = dataclasses.field(default_factory=dict)  # name -> [p10, p90]
+    machine: Dict[str, object] = dataclasses.field(default_factory=dict)  # CPU, cores, BLAS, device…
 
     @classmethod
     def load(cls, path: Path = FIT_PATH) -> "Fit":
+        path = Path(path)
         if path.is_file():
             data = json.loads(path.read_text())
-            return cls(data["efficiency"], data["latency_s"], data["codec_s_per_element"],
-                       data.get("source", str(path)), data.get("round_overhead_s", 1e-3))
+            known = {f.name for f in dataclasses.fields(cls)}
+            fit_ = cls(**{k: v for k, v in data.items() if k in known})
+            fit_.source = data.get("source", str(path))
+            return fit_
         return cls()
 
     def save(self, path: Path = FIT_PATH) -> None:
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")
 
+    def calibrated_on(self, shapes: Sequence[Shape]) -> bool:
+        """Whether calibrate measured codec (and compute) on exactly this model's shapes."""
+        return self.codec_shapes is not None and (
+            [list(map(int, s)) for s in shapes] == [list(map(int, s)) for s in self.codec_shapes])
 
-def allreduce_seconds(nbytes: float, workers: int, bps: float, fit: Fit) -> float:
+    def measured_codec(self, spec: str, shapes: Sequence[Shape]) -> Optional[float]:
+        """The codec seconds per step calibrate measured for ``spec`` on exactly these shapes."""
+        if spec not in self.codec_s_per_step or not self.calibrated_on(shapes):
+            return None
+        return self.codec_s_per_step[spec]
+
+
+def allreduce_seconds(nbytes: float, workers: int, bps: float, fit: Fit, tensors: int = 1) -> float:
     n = workers
     if n < 2:
         return 0.0
     return (2 * (n - 1) / n * nbytes * 8 / (fit.efficiency * bps) + 2 * (n - 1) * fit.latency_s
-            + fit.round_overhead_s)
+            + fit.round_overhead_s + tensors * fit.tensor_overhead_s)
 
 
-def allgather_seconds(nbytes_per_rank: float, workers: int, bps: float, fit: Fit) -> float:
+def allgather_seconds(nbytes_per_rank: float, workers: int, bps: float, fit: Fit, tensors: int = 1) -> float:
     n = workers
     if n < 2 or nbytes_per_rank == 0:
         return 0.0
-    return (n - 1) * nbytes_per_rank * 8 / (fit.efficiency * bps) + (n - 1) * fit.latency_s + fit.round_overhead_s
+    return ((n - 1) * nbytes_per_rank * 8 / (fit.efficiency * bps) + (n - 1) * fit.latency_s
+            + fit.round_overhead_s + tensors * fit.tensor_overhead_s)
+
+
+def communicate_seconds(t: Traffic, workers: int, bps: float, fit: Fit) -> float:
+    """Every round of one step, one after the other (no overlap with backprop assumed)."""
+    tensors = t.tensors or [1] * len(t.allreduce_rounds)
+    comm = sum(allreduce_seconds(b, workers, bps, fit, k) for b, k in zip(t.allreduce_rounds, tensors))
+    return comm + allgather_seconds(t.allgather_bytes, workers, bps, fit, max(1, t.allgather_tensors))
+
+
+def codec_key(spec: str) -> str:
+    """Per-element codec costs are kept per compressor, PowerSGD's single-round variant apart."""
+    name, _ = parse_spec(spec)
+    return "powersgd.alternate" if is_alternate(spec) else name
+
+
+#: without a measurement, the single-round variant's codec costs this fraction of the two-round one
+ALTERNATE_CODEC_FRACTION = 0.6
 
 
 def codec_seconds(spec: str, t: Traffic, fit: Fit, scale: float = 1.0) -> float:
     name, kw = parse_spec(spec)
-    per_element = fit.codec_s_per_element.get(name, 0.0)
+    key = codec_key(spec)
+    if key in fit.codec_s_per_element:
+        per_element = fit.codec_s_per_element[key]
+    else:
+        per_element = fit.codec_s_per_element.get(name, 0.0) * (ALTERNATE_CODEC_FRACTION if key != name else 1.0)
     if name == "powersgd":
         per_element *= int(kw.get("rank", 1)) * int(kw.get("power_iterations", 1))
     return per_element * t.compressed_elements * scale
@@ -225,9 +289,10 @@ def predict(spec: str, shapes: Sequence[Shape], bps: float, workers: int, comput
             fit: Optional[Fit] = None, codec_scale: float = 1.0) -> Prediction:
     fit = fit or Fit.load()
     t = traffic(spec, shapes)
-    comm = sum(allreduce_seconds(b, workers, bps, fit) for b in t.allreduce_rounds)
-    comm += allgather_seconds(t.allgather_bytes, workers, bps, fit)
-    return Prediction(spec, compute_s, codec_seconds(spec, t, fit, codec_scale), comm, t.total)
+    comm = communicate_seconds(t, workers, bps, fit)
+    measured = fit.measured_codec(spec, shapes)
+    codec = codec_seconds(spec, t, fit, codec_scale) if measured is None else measured * codec_scale
+    return Prediction(spec, compute_s, codec, comm, t.total)
 
 
 def speedup(spec: str, shapes, bps, workers, compute_s, fit=None, codec_scale=1.0) -> float:
@@ -283,7 +348,7 @@ def fit(measurements: Iterable[dict], base: Optional[Fit] = None, max_workers: i
             target.append(m["communicate_s"] - hops * base.latency_s)
         if t.compressed_elements and m.get("codec_s") is not None:
             scale = int(kw.get("rank", 1)) * int(kw.get("power_iterations", 1)) if name == "powersgd" else 1
-            codec.setdefault(name, []).append(m["codec_s"] / (t.compressed_elements * scale))
+            codec.setdefault(codec_key(m["spec"]), []).append(m["codec_s"] / (t.compressed_elements * scale))
     efficiency, overhead = base.efficiency, base.round_overhead_s
     if len(rows) >= 2:
         A, y = np.asarray(rows, dtype=float), np.asarray(target, dtype=float)
@@ -299,7 +364,10 @@ def fit(measurements: Iterable[dict], base: Optional[Fit] = None, max_workers: i
 
 
 # ---------------------------------------------------------------------------- CLI
-DEFAULT_SPECS = ("fp16", "powersgd:rank=1", "powersgd:rank=2", "powersgd:rank=4", "signum",
+#: every registered compressor: PowerSGD at ranks 1/2/4 in both variants, and the baselines
+DEFAULT_SPECS = ("fp16", "bf16", "powersgd:rank=1", "powersgd:rank=2", "powersgd:rank=4",
+                 "powersgd:rank=1,alternate=True", "powersgd:rank=2,alternate=True",
+                 "powersgd:rank=4,alternate=True", "unbiased_lowrank:rank=2", "signum", "signnorm",
                  "topk:ratio=0.01", "randomk:ratio=0.01")
 # Compute-time assumptions for presets when --compute-ms is not given (forward+backward+update).
 PRESET_COMPUTE_MS = {"resnet18": (60.0, "assumed: ResNet-18, batch 64 per GPU, one V100-class GPU"),
@@ -307,19 +375,104 @@ PRESET_COMPUTE_MS = {"resnet18": (60.0, "assumed: ResNet-18, batch 64 per GPU, o
                      "ptb_lstm": (210.0, "measured by benchmarks.run: 1 CPU thread, batch 20×35")}
 
 
+def available_specs(specs: Iterable[str]) -> Tuple[List[str], List[str]]:
+    """(specs this version's compressors accept, the ones they refuse, with the reason)."""
+    ok, refused = [], []
+    for spec in specs:
+        try:
+            compressor_for(spec)
+            ok.append(spec)
+        except (TypeError, ValueError, KeyError) as error:
+            refused.append(f"{spec} ({type(error).__name__}: {error})")
+    return ok, refused
+
+
+def table(shapes: Sequence[Shape], bps: float, workers: int, compute_s: float, fit_: Fit,
+          specs: Sequence[str], codec_scale: float = 1.0, compare_bps: float = 100e9) -> List[dict]:
+    """One row per spec ('none' first): predicted step time, its parts, speed-up, break-even."""
+    base = predict("none", shapes, bps, workers, compute_s, fit_, codec_scale)
+    rows = []
+    for spec in ["none"] + [s for s in specs if s != "none"]:
+        p = predict(spec, shapes, bps, workers, compute_s, fit_, codec_scale)
+        t = traffic(spec, shapes)
+        rows.append({"spec": spec, "step_ms": p.step_s * 1e3, "compute_ms": p.compute_s * 1e3,
+                     "codec_ms": p.codec_s * 1e3, "communicate_ms": p.communicate_s * 1e3,
+                     "MB_per_step": p.bytes_per_step / 1e6, "speedup": base.step_s / p.step_s,
+                     "rounds": len(t.allreduce_rounds) + (t.allgather_bytes > 0),
+                     "codec_measured": fit_.measured_codec(spec, shapes) is not None,
+                     "speedup_at_compare": speedup(spec, shapes, compare_bps, workers, compute_s, fit_, codec_scale),
+                     "break_even_bps": None if spec == "none" else
+                     break_even_bandwidth(spec, shapes, workers, compute_s, fit_, codec_scale)})
+    return rows
+
+
+def pays_below(row: dict) -> str:
+    if row["spec"] == "none":
+        return "—"
+    if row["break_even_bps"] is None:
+        return "always" if row["speedup"] > 1 else "never"
+    return format_rate(row["break_even_bps"])
+
+
+def recommendation(rows: List[dict], bps: float, workers: int, margin: float = 0.05) -> str:
+    """The advice in one sentence, with its reason."""
+    none = rows[0]
+    best = max(rows[1:], key=lambda r: r["speedup"], default=none)
+    where = f"at {format_rate(bps)} with {workers} workers"
+    comm_share = none["communicate_ms"] / none["step_ms"] if none["step_ms"] else 0.0
+    if best is none or best["speedup"] < 1 + margin:
+        return (f"Recommendation: don't compress — no compressor is predicted more than {margin:.0%} faster "
+                f"per step {where} (best: {best['spec']}, {best['speedup']:.2f}×), because the uncompressed "
+                f"all-reduce is only {none['communicate_ms']:.1f} ms ({comm_share:.0%}) of its "
+                f"{none['step_ms']:.1f} ms step and compressing costs about as much as it saves.")
+    return (f"Recommendation: {best['spec']} — predicted {best['speedup']:.2f}× faster per step "
+            f"({best['step_ms']:.1f} vs {none['step_ms']:.1f} ms) {where}, because the uncompressed "
+            f"all-reduce takes {none['communicate_ms']:.1f} ms ({comm_share:.0%}) of each step and it sends "
+            f"{none['MB_per_step'] / max(best['MB_per_step'], 1e-12):.0f}× fewer bytes in {best['rounds']} "
+            f"round(s) for {best['codec_ms']:.1f} ms of codec (accuracy is not modelled: check it on your task).")
+
+
+def format_table(rows: List[dict], compare: str) -> str:
+    lines = [f"{'compressor':<32}{'MB/step':>9}{'compute':>9}{'codec':>8}{'comm':>9}{'step ms':>9}"
+             f"{'speed-up':>10}{'@' + compare:>12}  pays below"]
+    for r in rows:
+        codec = f"{r['codec_ms']:.1f}" + ("" if r["codec_measured"] or r["spec"] == "none" else "*")
+        lines.append(f"{r['spec']:<32}{r['MB_per_step']:>9.3f}{r['compute_ms']:>9.1f}{codec:>8}"
+                     f"{r['communicate_ms']:>9.1f}{r['step_ms']:>9.1f}{r['speedup']:>9.2f}×"
+                     f"{r['speedup_at_compare']:>11.2f}×  {pays_below(r)}")
+    return "\n".join(lines)
+
+
+def describe_fit(fit_: Fit) -> str:
+    spread = lambda key, unit, f: (f" [{f(fit_.spread[key][0]):.3g}–{f(fit_.spread[key][1]):.3g}]"  # noqa: E731
+                                   if key in fit_.spread else "")
+    text = (f"η={fit_.efficiency:.2f}, α={fit_.latency_s * 1e6:.0f} µs/hop{spread('latency_s', 'us', lambda v: v * 1e6)}, "
+            f"β={fit_.round_overhead_s * 1e3:.2f} ms/round{spread('round_overhead_s', 'ms', lambda v: v * 1e3)}")
+    if fit_.tensor_overhead_s:
+        text += f", γ={fit_.tensor_overhead_s * 1e6:.0f} µs/tensor{spread('tensor_overhead_s', 'us', lambda v: v * 1e6)}"
+    if fit_.bandwidth_bps:
+        text += f", B_eff={format_rate(fit_.efficiency * fit_.bandwidth_bps)}"
+        if "effective_bps" in fit_.spread:
+            text += f" [{fit_.spread['effective_bps'][0] / 1e6:.0f}–{fit_.spread['effective_bps'][1] / 1e6:.0f} Mbit/s]"
+    return text + f" ({fit_.source})"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m horovod_powersgd.advisor",
                                      description="Predict whether gradient compression pays per step.")
     parser.add_argument("--model", default="resnet18",
                         help=f"preset ({', '.join(PRESETS)}), shapes like 1024x1568,1024, or a .json list")
-    parser.add_argument("--bandwidth", default="10gbit", help="per-worker link, e.g. 1gbit, 10gbit")
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--fit", type=Path, default=None,
+                        help="a fit file written by `python -m horovod_powersgd.calibrate --out PATH` (default: "
+                             "results/advisor_fit.json, fitted by the benchmark on its machine)")
+    parser.add_argument("--bandwidth", default=None,
+                        help="per-worker link, e.g. 1gbit, 10gbit (default: the --fit's link, else 10gbit)")
+    parser.add_argument("--workers", type=int, default=None, help="default: the --fit's, else 8")
     parser.add_argument("--compute-ms", type=float, default=None,
                         help="forward+backward+update time of one step without communication")
     parser.add_argument("--codec-scale", type=float, default=None,
-                        help="multiply the fitted codec cost (fitted on this machine: 1 CPU thread "
-                             "per worker); below 1 for a faster device", )
-    parser.add_argument("--specs", default=",".join(DEFAULT_SPECS).replace(",", ";"),
+                        help="multiply the fitted codec cost (below 1 for a faster device than the fit's)")
+    parser.add_argument("--specs", default=";".join(DEFAULT_SPECS),
                         help="';'-separated compressor specs to compare with none")
     parser.add_argument("--compare-bandwidth", default="100gbit",
                         help="a second bandwidth for the one-line verdict")
@@ -329,53 +482,49 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print machine-readable output")
     args = parser.parse_args(argv)
 
+    if args.fit is not None and not args.fit.is_file():
+        parser.error(f"--fit {args.fit}: no such file")
+    fit_ = Fit.load(args.fit if args.fit is not None else FIT_PATH)
     shapes = parse_model(args.model)
-    bps, other = parse_rate(args.bandwidth), parse_rate(args.compare_bandwidth)
+    bps = parse_rate(args.bandwidth) if args.bandwidth else (fit_.bandwidth_bps or 10e9)
+    workers = args.workers or fit_.workers or 8
+    other = parse_rate(args.compare_bandwidth)
     if args.compute_ms is not None:
         compute_s, compute_note = args.compute_ms / 1e3, "given"
+    elif fit_.compute_s is not None and fit_.calibrated_on(shapes):
+        compute_s, compute_note = fit_.compute_s, "measured by calibrate"
     elif args.model in PRESET_COMPUTE_MS:
         ms, compute_note = PRESET_COMPUTE_MS[args.model]
         compute_s = ms / 1e3
     else:
-        parser.error("--compute-ms is required for a model given by shapes")
+        parser.error("--compute-ms is required for a model given by shapes (or calibrate it with --batch)")
     codec_scale = 1.0 if args.codec_scale is None else args.codec_scale
-    fit_ = Fit.load()
     if args.latency_us is not None:
         fit_.latency_s = args.latency_us * 1e-6
     if args.round_overhead_ms is not None:
         fit_.round_overhead_s = args.round_overhead_ms * 1e-3
-    specs = [s for s in args.specs.split(";") if s.strip()]
-    base = predict("none", shapes, bps, args.workers, compute_s, fit_, codec_scale)
-    rows = []
-    for spec in ["none"] + specs:
-        p = predict(spec, shapes, bps, args.workers, compute_s, fit_, codec_scale)
-        rows.append({"spec": spec, "step_ms": p.step_s * 1e3, "compute_ms": p.compute_s * 1e3,
-                     "codec_ms": p.codec_s * 1e3, "communicate_ms": p.communicate_s * 1e3,
-                     "MB_per_step": p.bytes_per_step / 1e6, "speedup": base.step_s / p.step_s,
-                     "speedup_at_compare": speedup(spec, shapes, other, args.workers, compute_s, fit_, codec_scale),
-                     "break_even_bps": break_even_bandwidth(spec, shapes, args.workers, compute_s, fit_, codec_scale)})
+    specs, refused = available_specs(s.strip() for s in args.specs.split(";") if s.strip())
+    rows = table(shapes, bps, workers, compute_s, fit_, specs, codec_scale, other)
+    advice = recommendation(rows, bps, workers)
     if args.json:
         print(json.dumps({"model": args.model, "parameters": sum(map(numel, shapes)), "bps": bps,
-                          "workers": args.workers, "compute_s": compute_s, "fit": dataclasses.asdict(fit_),
-                          "rows": rows}, indent=1))
+                          "workers": workers, "compute_s": compute_s, "fit": dataclasses.asdict(fit_),
+                          "rows": rows, "recommendation": advice, "refused_specs": refused}, indent=1))
         return 0
-    print(f"{args.model}: {sum(map(numel, shapes)) / 1e6:.2f}M parameters, {args.workers} workers, "
+    print(f"{args.model}: {sum(map(numel, shapes)) / 1e6:.2f}M parameters, {workers} workers, "
           f"{format_rate(bps)} per worker, compute {compute_s * 1e3:.0f} ms/step ({compute_note}), "
-          f"codec cost ×{codec_scale:g} of the fit; η={fit_.efficiency:.2f}, α={fit_.latency_s * 1e6:.0f} µs/hop, "
-          f"β={fit_.round_overhead_s * 1e3:.1f} ms/round ({fit_.source})")
-    print(f"{'compressor':<22}{'MB/step':>9}{'compute':>9}{'codec':>8}{'comm':>9}{'step ms':>9}{'speed-up':>10}"
-          f"{'@' + args.compare_bandwidth:>12}  pays below")
-    for r in rows:
-        be = "always" if r["break_even_bps"] is None and r["speedup"] > 1 else (
-            "never" if r["break_even_bps"] is None else format_rate(r["break_even_bps"]))
-        be = "—" if r["spec"] == "none" else be
-        print(f"{r['spec']:<22}{r['MB_per_step']:>9.2f}{r['compute_ms']:>9.1f}{r['codec_ms']:>8.1f}"
-              f"{r['communicate_ms']:>9.1f}{r['step_ms']:>9.1f}{r['speedup']:>9.2f}×{r['speedup_at_compare']:>11.2f}×  {be}")
+          f"codec cost ×{codec_scale:g}; {describe_fit(fit_)}")
+    print(format_table(rows, args.compare_bandwidth))
+    if any(not r["codec_measured"] and r["spec"] != "none" for r in rows):
+        print("* codec from a per-element cost (not measured for these shapes on this device)")
+    for spec in refused:
+        print(f"skipped: {spec}")
     psgd = next((r for r in rows if r["spec"] == "powersgd:rank=2"), None)
     if psgd is not None:
         verdict = lambda s: f"{s:.2f}× faster" if s >= 1 else f"slower ({s:.2f}×)"  # noqa: E731
         print(f"\nrank-2 PowerSGD predicted {verdict(psgd['speedup'])} per step at {format_rate(bps)} "
-              f"with {args.workers} workers; {verdict(psgd['speedup_at_compare'])} at {format_rate(other)}.")
+              f"with {workers} workers; {verdict(psgd['speedup_at_compare'])} at {format_rate(other)}.")
+    print(advice)
     return 0
 
 
