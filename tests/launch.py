@@ -4,6 +4,10 @@ Each rank runs the same tests in the same order, so their collectives match. The
 bounded by a timeout and killed as a process group, so a rank that fails or hangs fails the outer
 test instead of hanging CI. Launches take a machine-wide lock: two multi-process runs never share the
 two cores at once.
+
+Each rank writes its own JUnit XML file (tests/rank_pytest.py) and `rank_verdicts` judges the ranks by
+those files: the ranks' console output is interleaved however the launcher likes (MPI may put two
+ranks' summaries on one line), so it is shown for diagnosis but never parsed.
 """
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,13 +85,40 @@ def run(launcher: str, argv: list, np: int = 2, timeout: float = 300, env=None):
     return rc, output
 
 
+def rank_verdicts(results_dir, np: int) -> list:
+    """One line per rank from its JUnit XML file; AssertionError unless every one of the ``np`` ranks
+    wrote one, ran at least one test, had no failure or error, and all ran the same tests."""
+    verdicts, counts = [], set()
+    for rank in range(np):
+        path = Path(results_dir) / f"rank{rank}.xml"
+        assert path.is_file(), f"rank {rank} wrote no result file ({path.name}): it did not finish"
+        suites = ElementTree.parse(path).getroot()
+        suites = [suites] if suites.tag == "testsuite" else list(suites.iter("testsuite"))
+        total = {key: sum(int(s.get(key, 0)) for s in suites)
+                 for key in ("tests", "failures", "errors", "skipped")}
+        passed = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
+        verdict = (f"rank {rank}: {passed} passed, {total['skipped']} skipped, "
+                   f"{total['failures']} failed, {total['errors']} errors")
+        assert total["failures"] == total["errors"] == 0, verdict
+        assert total["tests"] > 0, f"rank {rank} ran no tests"
+        verdicts.append(verdict)
+        counts.add(total["tests"])
+    assert len(counts) == 1, f"ranks ran different numbers of tests: {verdicts}"
+    return verdicts
+
+
 def run_pytest(launcher: str, test_file: str, np: int = 2, timeout: float = 300, env=None):
-    """Run one pytest file on every rank; asserts that all ranks passed."""
-    argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-            "-o", "addopts=", str(ROOT / test_file)]
-    rc, output = run(launcher, argv, np=np, timeout=timeout, env=env)
-    assert rc == 0, f"{test_file} failed under {launcher} -np {np} (rc={rc}):\n{output[-12000:]}"
-    summaries = [line for line in output.splitlines() if " passed" in line and " in " in line]
-    assert len(summaries) >= np, f"expected a pytest summary from each of {np} ranks:\n{output[-4000:]}"
+    """Run one pytest file on every rank; asserts that all ranks passed (judged by each rank's own
+    result file, see `rank_verdicts`)."""
+    with tempfile.TemporaryDirectory(prefix="hpsgd-ranks-") as results_dir:
+        argv = [sys.executable, "-m", "tests.rank_pytest", results_dir, "-x", "-q",
+                "-p", "no:cacheprovider", "-o", "addopts=", str(ROOT / test_file)]
+        rc, output = run(launcher, argv, np=np, timeout=timeout, env=env)
+        assert rc == 0, f"{test_file} failed under {launcher} -np {np} (rc={rc}):\n{output[-12000:]}"
+        try:
+            verdicts = rank_verdicts(results_dir, np)
+        except AssertionError as exc:
+            raise AssertionError(f"{test_file} under {launcher} -np {np}: {exc}\n{output[-4000:]}") from None
     print(output[-3000:])
+    print("\n".join(verdicts))
     return output
