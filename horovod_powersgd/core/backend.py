@@ -119,12 +119,36 @@ class Backend(abc.ABC):
         """Elementwise ``a`` where ``condition`` (a boolean tensor, broadcast) holds, else ``b``."""
 
     @abc.abstractmethod
-    def columns(self, matrix) -> list:
-        """The columns of a 2-D tensor as a list of 1-D tensors."""
+    def rows(self, matrix) -> list:
+        """The rows of a 2-D tensor as a list of 1-D tensors."""
 
     @abc.abstractmethod
-    def stack_columns(self, columns: Sequence) -> Any:
-        """Inverse of `columns`."""
+    def stack_rows(self, rows: Sequence) -> Any:
+        """Inverse of `rows`: a 2-D tensor, one row per element."""
+
+    # ------------------------------------------------------------------ products for the low-rank codecs
+    # PowerSGD keeps its factors as r×n and r×m row-major tensors ("transposed factors"): every
+    # product then has the r-row factor on the left, the shape for which the BLAS kernels measured
+    # here run at memory speed (``M @ Q`` with Q m×r took 6x longer than ``(Qᵀ Mᵀ)ᵀ``). Methods
+    # ending in ``_`` may write into their first argument; callers use the returned value, which on
+    # functional backends (TensorFlow) is a new tensor.
+    def matmul(self, a, b, transpose_a: bool = False, transpose_b: bool = False):
+        """``op(a) @ op(b)`` where op transposes when asked (no copy of the transposed operand where
+        the framework can pass the flag to BLAS)."""
+        return (self.transpose(a) if transpose_a else a) @ (self.transpose(b) if transpose_b else b)
+
+    def outer(self, left_t, right_t, out=None):
+        """``left_tᵀ @ right_t`` (r×n, r×m -> n×m), written into ``out`` (an n×m tensor whose content
+        is ignored) where the framework can, to spare an allocation."""
+        return self.matmul(left_t, right_t, transpose_a=True)
+
+    def add_(self, target, value):
+        """``target + value``, in place into ``target`` where the framework can."""
+        return target + value
+
+    def sub_outer_(self, target, left_t, right_t):
+        """``target − left_tᵀ @ right_t``, in place into ``target`` where the framework can."""
+        return target - self.outer(left_t, right_t)
 
     # ------------------------------------------------------------------ deferred outputs
     def empty(self, shape: Sequence[int], dtype_name: str, like):
@@ -160,6 +184,24 @@ class Backend(abc.ABC):
     def import_tensor(self, value):
         """Inverse of `export_tensor`."""
         return self.from_numpy(np.asarray(value))
+
+    # ------------------------------------------------------------------ non-finite steps
+    def finite_flag(self, tensor):
+        """A boolean scalar *tensor* (no host round trip, usable in ``where``): no element is inf or
+        NaN. Default from the abstract ops (x·0 is 0 for finite x, NaN otherwise)."""
+        return self.sum(tensor * 0) == 0
+
+    def all_true(self, flags: Sequence):
+        """Logical AND of boolean scalar tensors (at least one)."""
+        result = flags[0]
+        for flag in flags[1:]:
+            result = result & flag
+        return result
+
+    def known_names(self):
+        """Names of every parameter the calling optimizer reduces (to match restored state
+        against), or None where the backend cannot tell."""
+        return None
 
     # ------------------------------------------------------------------ control flow
     def cond(self, predicate, true_fn, false_fn):

@@ -4,12 +4,25 @@ Horovod calls ``compress(tensor) -> (tensor, ctx)`` before its all-reduce and ``
 ctx)`` on the result. Subclasses implement the algorithm in `_compress` / `_decompress` and, when they
 need a collective of their own after Horovod's, `_finish_step`, which runs once the last tensor of a
 step has been decompressed (deferred backends) — the place where a second round is waited for.
+
+Reliability rules every compressor follows (README, "Where it refuses"):
+
+* Agreement: at the first step, and again after every `load_state_dict`, the ranks prove with one
+  tiny collective that their compressors have the same class and configuration (`agreement`).
+* Non-finite steps: a step whose *reduced* result is not finite (a rank's gradient overflowed) leaves
+  every piece of state untouched — error buffers, momentum, warm starts — and hands the non-finite
+  gradient on, so that a loss scaler skips the step. The decision is made on reduced values only, so
+  every rank makes it identically: compressors must make what Horovod reduces non-finite whenever any
+  rank's input is (`poison`). State updates are therefore *staged* (`_stage_write`) and committed at
+  the end of the step (`_commit_step`) as ``where(step finite, new, old)``: no host round trip, and
+  graph backends get the same rule as ops.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Dict
 
+from .agreement import check_agreement
 from .backend import FLOAT_DTYPES, Backend, TensorIdentity, itemsize
 from .stats import CompressionStats
 
@@ -23,6 +36,7 @@ class Ctx:
     dtype: str
     compressed: bool  # False: the tensor went over the wire as it is
     payload: Any = None
+    sent_bytes: Any = None  # bytes put on the wire, where the wire tensor's shape is not static
 
 
 class Compressor:
@@ -40,6 +54,10 @@ class Compressor:
         self._tensors: Dict[str, Any] = {}
         self._in_flight: set = set()
         self._stats = CompressionStats()
+        self._agreed = False  # ranks proved to agree on class and config (re-armed by a restore)
+        self._restored_names: set | None = None  # tensor names of the last load_state_dict, unclaimed
+        self._staged: list = []  # (slot, new value) written at the end of the step if it was finite
+        self._step_finite: list = []  # one boolean scalar per reduced tensor of the current step
 
     @property
     def stats(self) -> CompressionStats:
@@ -55,6 +73,8 @@ class Compressor:
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"{type(self).__name__}: gradient {identity.name!r} has dtype {dtype}; "
                             f"only floating-point gradients can be compressed")
+        if not self._agreed:
+            self._agree(identity, tensor)
         if identity.name in self._in_flight:
             raise RuntimeError(
                 f"{type(self).__name__}: gradient {identity.name!r} was compressed again before the "
@@ -65,7 +85,8 @@ class Compressor:
         self._in_flight.add(identity.name)
         shape = tuple(self.backend.shape(tensor))
         wire, ctx = self._compress(tensor, Ctx(identity, shape, dtype, compressed=True))
-        self._stats.add(uncompressed=self._nbytes(tensor), sent=self._nbytes(wire),
+        sent = self._nbytes(wire) if ctx.sent_bytes is None else ctx.sent_bytes
+        self._stats.add(uncompressed=self._nbytes(tensor), sent=sent,
                        compressed_tensor=ctx.compressed)
         self._stats.compress_seconds += self.backend.clock() - start
         return wire, ctx
@@ -74,12 +95,20 @@ class Compressor:
         """Turn Horovod's reduced tensor back into a gradient of the original shape and dtype."""
         if ctx is None:  # Horovod passes sparse gradients through without compressing them
             return tensor
-        start = self.backend.clock()
-        out = self._decompress(tensor, ctx) if ctx.compressed else tensor
+        start, waited = self.backend.clock(), self._stats.wait_seconds
+        finite = self.backend.finite_flag(tensor)  # reduced: the same on every rank
+        self._step_finite.append(finite)
+        out = self._guard_output(self._decompress(tensor, ctx), finite) if ctx.compressed else tensor
         self._in_flight.discard(ctx.identity.name)
-        self._stats.decompress_seconds += self.backend.clock() - start
-        if not self._in_flight:
+        step_ends = not self._in_flight
+        if step_ends:
             self._finish_step()
+            self._commit_step()
+        # the compressor's own work, end-of-step work included; time blocked on its own
+        # collectives is communication, counted in wait_seconds instead
+        self._stats.decompress_seconds += (self.backend.clock() - start
+                                           - (self._stats.wait_seconds - waited))
+        if step_ends:
             self._stats.end_step()
         return out
 
@@ -92,6 +121,85 @@ class Compressor:
 
     def _finish_step(self) -> None:
         """Runs after the last in-flight tensor of a step was decompressed."""
+
+    def _guard_output(self, out, finite):
+        """The output handed to Horovod, given whether the reduced input was finite. Compressors
+        whose decoding can hide an overflow (a majority vote, a scatter) return `poisoned`; those
+        that fill their outputs later (deferred PowerSGD) guard them when filling."""
+        return out
+
+    # ------------------------------------------------------------------ non-finite steps
+    def _stage_write(self, slot, value) -> None:
+        """Write ``value`` into ``slot`` at the end of the step, if the step's reduced results were
+        all finite (else the slot keeps its value)."""
+        self._staged.append((slot, value))
+
+    def _commit_step(self) -> None:
+        """Apply the staged writes as ``where(all finite, new, old)`` and count a non-finite step."""
+        b = self.backend
+        flags, self._step_finite = self._step_finite, []
+        staged, self._staged = self._staged, []
+        if not flags:
+            return
+        finite = b.all_true(flags)
+        for slot, value in staged:
+            old = b.to_device_of(b.read_state(slot), value)
+            b.write_state(slot, b.where(finite, value, old))
+        self._count_nonfinite(finite)
+
+    def _count_nonfinite(self, finite) -> None:
+        """Count a step whose reduced result was not finite (graph backends override: a variable)."""
+        if not bool(finite):
+            self._stats.nonfinite_steps += 1
+
+    def _scaled_slots(self):
+        """Slots holding values in units of the gradient (error buffers, momentum): what a change
+        of loss scale must rescale. Warm-start factors are scale-free (P̂ is orthonormalized)."""
+        return ()
+
+    def rescale_state(self, factor: float) -> None:
+        """Multiply every state buffer in gradient units by ``factor``.
+
+        With a loss scaler (AMP) the compressor sees *scaled* gradients g·s, so its error buffers
+        hold scaled values. When the scaler changes s to s', call ``rescale_state(s' / s)`` before
+        the next step, or the buffers would be added to gradients of a different scale (a halved
+        scale after an overflow would make the old errors count double). `set_loss_scale` does the
+        bookkeeping for you."""
+        if self._in_flight:
+            raise RuntimeError("rescale_state() called in the middle of a step (tensors in flight)")
+        b = self.backend
+        for slot in self._scaled_slots():
+            b.write_state(slot, b.read_state(slot) * float(factor))
+
+    def set_loss_scale(self, scale: float) -> None:
+        """Tell the compressor the loss scale the *next* step's gradients are multiplied by (e.g.
+        ``scaler.get_scale()`` after ``scaler.update()``); buffers are rescaled when it changed."""
+        scale = float(scale)
+        previous = getattr(self, "_loss_scale", None)
+        if previous is not None and scale != previous:
+            self.rescale_state(scale / previous)
+        self._loss_scale = scale
+
+    # ------------------------------------------------------------------ agreement across ranks
+    def _agree(self, identity: TensorIdentity, like) -> None:
+        """One collective proving every rank built this compressor identically (and restored state
+        that matches its parameters); see `agreement`. Raises on every rank otherwise."""
+        unmatched = self._unmatched_restored_names()
+        check_agreement(self, identity, like, extra={"restored state matching no parameter": unmatched})
+        if unmatched:
+            raise ValueError(
+                f"{type(self).__name__}: the restored state has entries for {unmatched}, which match "
+                f"no parameter of this optimizer (its parameters: {sorted(self.backend.known_names() or [])}). "
+                f"The parameter names changed since the state was saved; refusing to start those "
+                f"tensors fresh silently. Rename the entries of state_dict['tensors'] to the new names.")
+        self._agreed = True
+        self._restored_names = None
+
+    def _unmatched_restored_names(self) -> list:
+        if not self._restored_names:
+            return []
+        known = self.backend.known_names()
+        return [] if known is None else sorted(self._restored_names - set(known))
 
     def _nbytes(self, tensor) -> int:
         numel = 1
@@ -125,13 +233,33 @@ class Compressor:
                              f"compressor has {self.config()}")
         self._tensors = {name: self._import_tensor_state(name, value)
                          for name, value in state_dict["tensors"].items()}
+        self._abandon_step()
+        self._restored_names = set(self._tensors)
+        self._agreed = False  # another rank may have restored something else: check again
+
+    def _abandon_step(self) -> None:
+        """Forget a step cut short (a restore after a failed collective, an elastic reset)."""
         self._in_flight.clear()
+        self._staged.clear()
+        self._step_finite.clear()
 
     def _export_tensor_state(self, state) -> dict:
         raise NotImplementedError
 
     def _import_tensor_state(self, name: str, value: dict):
         raise NotImplementedError
+
+
+def poisoned(backend: Backend, out, finite):
+    """``out`` where ``finite``, else all NaN: the gradient a loss scaler must see as overflowed."""
+    return backend.where(finite, out, out * float("nan"))
+
+
+def poison(backend: Backend, local):
+    """0 where every element of ``local`` is finite, NaN otherwise (a scalar, without a host round
+    trip). Added to what Horovod reduces, it makes the reduced result non-finite on every rank as
+    soon as one rank's input is — the evidence every rank's non-finite decision is made on."""
+    return backend.sum(local * 0)
 
 
 def export_value(backend: Backend, slot):

@@ -15,11 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import ReduceOp, TensorIdentity
+from .compressor import poison
 
 
 def placeholder(backend, like):
-    """What an all-gather compressor returns to Horovod's all-reduce."""
-    return backend.zeros((1,), "float32", like=like)
+    """What an all-gather compressor returns to Horovod's all-reduce: one float32 that is 0 when
+    every element of the local input ``like`` is finite and NaN otherwise. Its reduced value tells
+    every rank identically whether any rank's input was non-finite (a sign or a top-k message could
+    not: a NaN has a sign bit and may not be among the top k)."""
+    return backend.reshape(backend.cast(poison(backend, like), "float32"), (1,))
 
 
 def start_allgather(compressor, tensor, tag: str, identity: TensorIdentity):

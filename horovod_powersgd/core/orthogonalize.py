@@ -1,4 +1,4 @@
-"""Gram–Schmidt orthogonalization of the columns of P (PowerSGD, Algorithm 1, line 5).
+"""Gram–Schmidt orthogonalization of the columns of P (stored as the rows of Pᵀ) (PowerSGD, Algorithm 1, line 5).
 
 Written on backend operations so one implementation serves every framework.
 
@@ -21,15 +21,16 @@ from __future__ import annotations
 from .backend import Backend
 
 
-def orthogonalize(backend: Backend, P, epsilon: float):
-    """Columns of ``P`` (n×r) made orthonormal (zero where P has none left) by Gram–Schmidt with
-    re-orthogonalization."""
+def orthogonalize(backend: Backend, factor_t, epsilon: float):
+    """Rows of ``factor_t`` (r×n: the transposed factor Pᵀ, as PowerSGD stores it) made orthonormal
+    (zero where it has none left) by Gram–Schmidt with re-orthogonalization. Equivalently, the
+    columns of P = ``factor_t``ᵀ become orthonormal."""
     b = backend
     done = []
-    for column in b.columns(P):
+    for row in b.rows(factor_t):
         for _ in range(2):
             for previous in done:
-                column = column - b.sum(column * previous) * previous
-        norm = b.sqrt(b.sum(column * column))
-        done.append(column / b.where(norm > epsilon, norm, norm * 0 + epsilon))
-    return b.stack_columns(done)
+                row = row - b.sum(row * previous) * previous
+        norm = b.sqrt(b.sum(row * row))
+        done.append(row / b.where(norm > epsilon, norm, norm * 0 + epsilon))
+    return b.stack_rows(done)

@@ -1,31 +1,57 @@
-"""PowerSGD: rank-r compression by one power-iteration step, with error feedback.
+"""PowerSGD: rank-r compression by power iteration, with error feedback — two variants.
 
 Vogels, Karimireddy & Jaggi, "PowerSGD: Practical Low-Rank Gradient Compression for Distributed
-Optimization", NeurIPS 2019, Algorithms 1 and 2. For a gradient G reshaped to an n×m matrix:
+Optimization", NeurIPS 2019. A gradient G is reshaped to an n×m matrix; E is this rank's error
+buffer (zero at first), r the rank. Factors are kept *transposed*, as r×n and r×m row-major tensors
+(Pᵀ, Qᵀ): every product then has the thin factor on the left, the form BLAS runs at memory speed.
 
-    M  ← G + E                      error feedback (E: this rank's error buffer, zero at first)
-    P  ← M Q                        Q: m×r, warm-started from the previous step
-    P̄  ← all-reduce(P)              round 1 — Horovod's own, asynchronous, fused across layers
-    P̂  ← orthogonalize(P̄)
-    Q  ← Mᵀ P̂
-    Q̄  ← all-reduce(Q)              round 2 — ours, asynchronous, fused across layers
+Classic (``alternate=False``, Algorithms 1 and 2 of the paper) — two all-reduces per step:
+
+    M  ← G + E                      error feedback, in place
+    Pᵀ ← Qᵀ Mᵀ                      Q: the previous step's Q̄ (warm start); a seeded Gaussian at first
+    P̄ᵀ ← all-reduce(Pᵀ)             round 1 — Horovod's own, asynchronous, fused across layers
+    P̂ᵀ ← orthogonalize(P̄ᵀ)
+    Qᵀ ← P̂ᵀ M
+    Q̄ᵀ ← all-reduce(Qᵀ)             round 2 — ours, one grouped all-reduce for all layers
     G' ← P̂ Q̄ᵀ                       what the optimizer sees (identical on every rank)
     E  ← M − P̂ Q̄ᵀ                   local M minus the *averaged* approximation
-    Q  ← Q̄                          warm start for the next step
 
-Everything except the orthogonalization is linear, and that runs on the already-reduced P̄, so both
-rounds are plain all-reduces. A matrix costs r(n + m) numbers on the wire instead of n·m.
+Single-round (``alternate=True``) — one all-reduce per step, the left and right multiplications of
+the power iteration on alternate steps (as in the authors' current package, and ACP-SGD, Zhang et
+al., ICDCS 2023). Counting compressed steps t = 0, 1, ...:
 
-How the phases map onto Horovod's one-collective hook (see DESIGN.md §3):
-  `_compress`    phase 1: returns P; Horovod all-reduces it with everything else.
-  `_decompress`  phase 2: orthogonalizes P̄, computes Q = Mᵀ P̂, returns the gradient's output
-                 tensor (on deferred backends not yet filled).
-  `_finish_step` phase 3: once the step's last tensor is decompressed, submits every layer's Q in one
-                 tight loop (Horovod fuses them into one round), waits for them, runs any further
-                 power iterations the same way, and fills every output in place before the
-                 optimizer's step.
-On graph backends (TensorFlow) phases 2 and 3 are emitted together per tensor; the graph runs the
-collectives concurrently and Horovod fuses them.
+    even t (P-step):  Q̂ ← orthogonalize(Q̄ of step t−1; the seeded Q at t = 0)
+                      Pᵀ ← Q̂ᵀ Mᵀ,  P̄ᵀ ← all-reduce(Pᵀ),  G' ← P̄ Q̂ᵀ,  E ← M − P Q̂ᵀ
+    odd t  (Q-step):  P̂ ← orthogonalize(P̄ of step t−1)
+                      Qᵀ ← P̂ᵀ M,   Q̄ᵀ ← all-reduce(Qᵀ),  G' ← P̂ Q̄ᵀ,  E ← M − P̂ Qᵀ
+
+Why one round is enough: the factor that is not sent (Q̂ or P̂) was orthogonalized from an
+all-reduced factor, so it is bit-identical on every rank. The step is then linear in M,
+mean_i(M_i Q̂) Q̂ᵀ = mean_i(M_i Q̂ Q̂ᵀ), so all-reducing the sent factor gives exactly the average of
+every rank's own rank-r approximation; and each rank's error keeps what *its* approximation missed,
+so Σ_i E_i = Σ_i M_i − N·G' as in the classic scheme. Each step is one half of a power iteration
+warm-started from the last, so over two steps the factors track the dominant subspace as the
+classic k = 1 iteration does, with half the rounds and half the bytes per step.
+
+Bytes: classic k·r(n+m) numbers per compressed matrix per step; single-round r·n and r·m on
+alternate steps. Tensors with one dimension and matrices that would not shrink by
+``min_compression_rate`` go uncompressed.
+
+How the phases map onto Horovod's one-collective hook (docs/design.md, "Phases"):
+  `_compress`       adds the error, computes the factor to send; Horovod all-reduces it with
+                    everything else during backprop.
+  `_decompress`     single-round: rebuilds the gradient and updates the state — done.
+                    classic: orthogonalizes P̄, computes Q, hands Horovod the gradient's output
+                    tensor (on eager backends not yet filled).
+  `_finish_step`    classic, eager backends: once the step's last tensor is decompressed, sends
+                    every layer's Q as one grouped all-reduce (one fused round), runs further power
+                    iterations the same way, and fills every output in place before the optimizer's
+                    step. On graph backends (TensorFlow) these ops are emitted per tensor.
+
+A step whose all-reduced factor is not finite (an inf/NaN gradient on any rank, as under dynamic
+loss scaling) leaves every piece of state as it was — error, factors, step counter — and hands the
+non-finite gradient on so that the loss scaler skips the step. All ranks see the same reduced
+factor, so all make the same decision.
 """
 from __future__ import annotations
 
@@ -46,13 +72,14 @@ class PowerSGDConfig(NamedTuple):
 
     rank: int = 1  # r; higher is more accurate and less compressed. Start at 1-2, raise if accuracy lags
     power_iterations: int = 1  # k; more → closer to the best rank-r approximation, k round pairs per step
-    warm_start: bool = True  # reuse last step's Q̄: with k=1 this is what makes one iteration enough
+    warm_start: bool = True  # reuse last step's factor: with k=1 this is what makes one iteration enough
     error_feedback: bool = True  # keep what the approximation missed and add it next step (biased→converges)
     min_compression_rate: float = 2.0  # send a matrix as it is unless n·m / (r(n+m)) ≥ this
     start_step: int = 0  # steps all-reduced uncompressed first (warm-up; PyTorch's hook advises ~10 %)
     seed: int = 0  # seeds the initial (and, without warm start, every) Q — the same on all ranks
     orthogonalization_epsilon: float = 1e-8  # keeps zero / rank-deficient gradients from making NaN
-    wire_dtype: Optional[str] = None  # 'float16'/'bfloat16' to send P and Q in half precision
+    wire_dtype: Optional[str] = None  # 'float16'/'bfloat16' to send the factors in half precision
+    alternate: bool = False  # True: one all-reduce per step (P and Q on alternate steps), half the bytes
 
     def validate(self) -> "PowerSGDConfig":
         def integer(name, minimum):
@@ -64,7 +91,7 @@ class PowerSGDConfig(NamedTuple):
         integer("power_iterations", 1)
         integer("start_step", 0)
         integer("seed", 0)
-        for name in ("warm_start", "error_feedback"):
+        for name in ("warm_start", "error_feedback", "alternate"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"PowerSGD: {name} must be True or False, got {getattr(self, name)!r}")
         if not (isinstance(self.min_compression_rate, (int, float)) and self.min_compression_rate > 0):
@@ -77,6 +104,11 @@ class PowerSGDConfig(NamedTuple):
         if self.wire_dtype not in (None, "float16", "bfloat16", "float32"):
             raise ValueError(f"PowerSGD: wire_dtype must be None, 'float16', 'bfloat16' or 'float32', "
                              f"got {self.wire_dtype!r}")
+        if self.alternate and self.power_iterations != 1:
+            raise ValueError(f"PowerSGD: alternate=True does one half of a power iteration per step "
+                             f"(one all-reduce); power_iterations must be 1 with it, got "
+                             f"{self.power_iterations}. Use alternate=False for k iterations "
+                             f"(2k all-reduce rounds per step)")
         return self
 
 
@@ -87,22 +119,24 @@ class _TensorState:
     shape: tuple
     matrix: Optional[tuple]  # (n, m) of the reshaped gradient
     rank: int  # effective rank: min(r, n, m)
-    step: object = None  # backend slot: how many times this tensor was compressed
-    q: object = None  # backend slot: m×r warm-start Q (compute dtype), created at first use
+    step: object = None  # backend slot: how many steps of this tensor completed (finite ones)
+    q: object = None  # backend slot: r×m Qᵀ (classic: last Q̄ᵀ; single-round: last reduced Qᵀ)
+    p: object = None  # backend slot: r×n last reduced Pᵀ (single-round only)
     error: object = None  # backend slot: n×m error buffer, created (zero) at first use
 
 
 @dataclasses.dataclass
 class _Job:
-    """One tensor between phase 2 and the end of phase 3."""
+    """One tensor of the classic scheme between `_decompress` and the end of `_finish_step`."""
 
     ctx: Ctx
     state: _TensorState
-    M: object
-    P_hat: object
-    handle: object
-    Q: object = None
-    out: object = None
+    M: object  # n×m: gradient plus error (the rank's own)
+    P_hat: object  # r×n orthonormal rows
+    Q: object  # r×m: local Qᵀ, then the reduced Q̄ᵀ
+    step: object
+    buffer: object = None  # n×m tensor the gradient is written into (eager backends)
+    out: object = None  # what Horovod got back: ``buffer`` in the gradient's shape, or a tensor to fill
 
 
 def matrix_shape(shape: tuple) -> tuple:
@@ -116,40 +150,58 @@ def matrix_shape(shape: tuple) -> tuple:
 class PowerSGD(Compressor):
     """Rank-r PowerSGD with error feedback and warm start, as a Horovod compression object.
 
-    Sends r(n+m) numbers per compressed n×m matrix (two all-reduces), all other tensors as they are.
-    Biased; error feedback makes it converge like uncompressed SGD in the paper's experiments.
+    Classic: r(n+m) numbers per compressed n×m matrix per step, in two all-reduces.
+    ``alternate=True``: one all-reduce per step, r·n and r·m numbers on alternate steps.
+    All other tensors go as they are. Biased; error feedback makes it converge like uncompressed SGD
+    in the paper's experiments.
+
+    On eager backends (PyTorch) the gradient tensor handed to ``compress`` is used as scratch space
+    (M = G + E is formed in it, and then becomes the new error buffer), as DDP's PowerSGD hook does
+    with its buckets: Horovod's optimizer replaces ``p.grad`` with the result, so nothing is lost.
     """
 
     wire = Wire("allreduce", "32·k·r(n+m)/(n·m)", biased=True, error_feedback=True,
                 note="k power iterations, each one P and one Q all-reduce; warm start")
-    wire_variants = (("error_feedback=False",
+    wire_variants = (("alternate=True",
+                      Wire("allreduce", "16·r(n+m)/(n·m)", biased=True, error_feedback=True,
+                           note="one all-reduce per step: P (r·n) and Q (r·m) on alternate steps")),
+                     ("error_feedback=False",
                       Wire("allreduce", "32·k·r(n+m)/(n·m)", biased=True, error_feedback=False,
                            note="no memory: what the approximation misses is lost")),
                      ("wire_dtype='float16'",
                       Wire("allreduce", "16·k·r(n+m)/(n·m)", biased=True, error_feedback=True,
                            note="P and Q sent in float16, orthogonalized in float32")))
 
-    def wire_bytes(self, shape, dtype: str = "float32") -> int:
-        """Bytes this rank sends per step for one gradient of ``shape`` (after ``start_step``)."""
+    def wire_bytes(self, shape, dtype: str = "float32", step: Optional[int] = None) -> float:
+        """Bytes this rank sends for one gradient of ``shape`` per step after ``start_step``.
+
+        Single-round: the bytes of compressed step ``step`` (0 sends P), or with ``step=None`` the
+        mean over a P-step and a Q-step (what a timeline shows per step over an even count)."""
         state = self._new_state(tuple(shape))
         if state.matrix is None:
             return numel(shape) * itemsize(dtype)
         n, m = state.matrix
         number = itemsize(self.cfg.wire_dtype or compute_dtype(dtype))
-        return self.cfg.power_iterations * state.rank * (n + m) * number
+        if not self.cfg.alternate:
+            return self.cfg.power_iterations * state.rank * (n + m) * number
+        if step is None:
+            return state.rank * (n + m) * number / 2
+        return state.rank * (n if self._sends_p(step) else m) * number
 
     def __init__(self, backend: Backend, rank: int = 1, *, power_iterations: int = 1,
                  warm_start: bool = True, error_feedback: bool = True,
                  min_compression_rate: float = 2.0, start_step: int = 0, seed: int = 0,
-                 orthogonalization_epsilon: float = 1e-8, wire_dtype: Optional[str] = None):
+                 orthogonalization_epsilon: float = 1e-8, wire_dtype: Optional[str] = None,
+                 alternate: bool = False):
         self.cfg = PowerSGDConfig(rank, power_iterations, warm_start, error_feedback,
                                   float(min_compression_rate), start_step, seed,
-                                  float(orthogonalization_epsilon), wire_dtype).validate()
+                                  float(orthogonalization_epsilon), wire_dtype, alternate).validate()
         if wire_dtype in getattr(backend, "allreduce_unsupported_dtypes", ()):
             raise ValueError(f"PowerSGD: wire_dtype={wire_dtype!r} cannot be all-reduced by this "
                              f"Horovod (0.28.1 has no {wire_dtype} all-reduce); use 'float16'")
         super().__init__(backend)
-        self._pending: list = []
+        self._pending: list = []  # classic: tensors waiting for round 2
+        self._commits: list = []  # eager: state updates of this step, applied if it was finite
 
     def config(self) -> dict:
         return self.cfg._asdict()
@@ -181,16 +233,43 @@ class PowerSGD(Compressor):
         key = zlib.crc32(f"{self.cfg.seed}/{m}/{rank}/{step}".encode())
         return np.random.default_rng(key).standard_normal((m, rank)).astype(np.float32)
 
-    def _q(self, name: str, state: _TensorState, M, step, dtype: str):
+    def _sends_p(self, compressed_step):
+        """Single-round: whether compressed step ``compressed_step`` sends P (else Q). Without warm
+        start there is no previous factor to continue from: every step sends P from a fresh Q."""
+        if not self.cfg.warm_start:
+            return True
+        return compressed_step % 2 == 0
+
+    def _q_t(self, name: str, state: _TensorState, like, compressed_step, dtype: str):
+        """Qᵀ (r×m) to multiply with: last step's (warm start), or a seeded Gaussian that every rank
+        draws alike (the first step, and every step without warm start)."""
         b = self.backend
         m = state.matrix[1]
-        if not self.cfg.warm_start:  # a fresh Q every step, identical on all ranks
+        if not self.cfg.warm_start:
             key = zlib.crc32(f"{self.cfg.seed}/{m}/{state.rank}".encode())
-            return b.cast(b.seeded_normal((m, state.rank), key, step, like=M), dtype)
+            return b.cast(b.seeded_normal((state.rank, m), key, compressed_step, like=like), dtype)
         if state.q is None:
-            state.q = b.new_state(b.cast(b.from_numpy(self.initial_q(m, state.rank), like=M), dtype),
-                                  key=f"{name}/q")
-        return b.to_device_of(b.read_state(state.q), M)
+            initial = np.ascontiguousarray(self.initial_q(m, state.rank).T)
+            state.q = b.new_state(b.cast(b.from_numpy(initial, like=like), dtype), key=f"{name}/q")
+        return b.to_device_of(b.read_state(state.q), like)
+
+    def _p_t(self, name: str, state: _TensorState, like, dtype: str):
+        """Last step's reduced Pᵀ (r×n), single-round only; zeros until the first P-step."""
+        b = self.backend
+        if state.p is None:
+            state.p = b.new_state(b.zeros((state.rank, state.matrix[0]), dtype, like=like),
+                                  key=f"{name}/p")
+        return b.to_device_of(b.read_state(state.p), like)
+
+    def _error(self, name: str, state: _TensorState, like, dtype: str):
+        b = self.backend
+        if state.error is None:
+            state.error = b.new_state(b.zeros(state.matrix, dtype, like=like), key=f"{name}/error")
+        error = b.read_state(state.error)
+        moved = b.to_device_of(error, like)
+        if moved is not error:  # restored on the host: keep the device copy (it is written in place)
+            b.write_state(state.error, moved)
+        return moved
 
     def _wire(self, tensor):
         return tensor if self.cfg.wire_dtype is None else self.backend.cast(tensor, self.cfg.wire_dtype)
@@ -200,51 +279,182 @@ class PowerSGD(Compressor):
         b = self.backend
         state = self._state(ctx)
         step = b.read_state(state.step)
-        b.write_state(state.step, step + 1)
         # Eager backends decide warm-up here and send the gradient as it is; graph backends cannot
-        # change the wire shape per step, so they send P and choose in `_decompress`.
+        # change what Horovod all-reduces per step, so they choose inside the graph.
         if state.matrix is None or (b.deferred and step < self.cfg.start_step):
+            b.write_state(state.step, step + 1)
             ctx.compressed = False
             return tensor, ctx
         dtype = compute_dtype(ctx.dtype)
         name = ctx.identity.name
+        # M shares the gradient's memory where it can: Horovod replaces the gradient with our result
         M = b.reshape(b.cast(tensor, dtype), state.matrix)
         if self.cfg.error_feedback:
-            if state.error is None:
-                state.error = b.new_state(b.zeros(state.matrix, dtype, like=M), key=f"{name}/error")
-            M = M + b.to_device_of(b.read_state(state.error), M)
-        P = M @ self._q(name, state, M, step, dtype)
+            M = b.add_(M, self._error(name, state, M, dtype))
+        compressed_step = step - self.cfg.start_step
+        if self.cfg.alternate:
+            return self._send_one_factor(tensor, ctx, state, M, step, compressed_step, dtype)
+        P = b.matmul(self._q_t(name, state, M, compressed_step, dtype), M, transpose_b=True)
         ctx.payload = (state, M, step, tensor)
         return self._wire(P), ctx
 
+    def _send_one_factor(self, gradient, ctx: Ctx, state, M, step, compressed_step, dtype):
+        """Single-round: multiply M by the shared orthonormal factor and send the product."""
+        b = self.backend
+        name, eps = ctx.identity.name, self.cfg.orthogonalization_epsilon
+
+        def p_step():  # returns (what to send, left factor r×n, right factor r×m)
+            Q_hat = orthogonalize(b, self._q_t(name, state, M, compressed_step, dtype), eps)
+            P = b.matmul(Q_hat, M, transpose_b=True)
+            return self._flat_wire(P), P, Q_hat
+
+        def q_step():
+            P_hat = orthogonalize(b, self._p_t(name, state, M, dtype), eps)
+            Q = b.matmul(P_hat, M)
+            return self._flat_wire(Q), P_hat, Q
+
+        sends_p = self._sends_p(compressed_step)
+        if self.cfg.warm_start:
+            self._p_t(name, state, M, dtype)  # both factor slots exist before any branch writes one
+        if b.deferred:
+            wire, left, right = p_step() if sends_p else q_step()
+        else:
+            n, m = state.matrix
+            # Graph backends: one all-reduce of a flat tensor whose length differs per step (r·n,
+            # r·m, or the whole gradient during warm-up); Horovod's all-reduce takes dynamic shapes.
+            def warmup():
+                return (b.reshape(self._wire(b.cast(gradient, dtype)), (-1,)),
+                        b.zeros((state.rank, n), dtype), b.zeros((state.rank, m), dtype))
+
+            wire, left, right = b.cond(step < self.cfg.start_step, warmup,
+                                       lambda: b.cond(sends_p, p_step, q_step))
+            ctx.sent_bytes = self.wire_bytes(ctx.shape, ctx.dtype)  # per-step mean: static here
+        ctx.payload = (state, M, step, sends_p, left, right)
+        return wire, ctx
+
+    def _flat_wire(self, factor):
+        return self.backend.reshape(self._wire(factor), (-1,))
+
     # ------------------------------------------------------------------ phase 2: decompress
-    def _decompress(self, P_reduced, ctx: Ctx):
+    def _decompress(self, reduced, ctx: Ctx):
+        if self.cfg.alternate:
+            return self._rebuild_from_one_factor(reduced, ctx)
         state, M, step, gradient = ctx.payload
         ctx.payload = None
         b = self.backend
         if not b.deferred and self.cfg.start_step > 0:  # graph backends: warm-up chosen per step
             return b.cond(step < self.cfg.start_step,
-                          lambda: b.wait(b.allreduce_async(
-                              gradient, f"powersgd.warmup.{ctx.identity.name}", ctx.identity)),
-                          lambda: self._low_rank(P_reduced, ctx, state, M))
-        return self._low_rank(P_reduced, ctx, state, M)
+                          lambda: self._warmup_done(state, step, b.wait(b.allreduce_async(
+                              gradient, f"powersgd.warmup.{ctx.identity.name}", ctx.identity)), ctx),
+                          lambda: self._orthogonalize_p(reduced, ctx, state, M, step))
+        return self._orthogonalize_p(reduced, ctx, state, M, step)
 
-    def _low_rank(self, P_reduced, ctx: Ctx, state: _TensorState, M):
+    def _rebuild_from_one_factor(self, reduced, ctx: Ctx):
+        """Single-round: G' = (reduced factor) × (shared factor); the state moves on."""
+        state, M, step, sends_p, left, right = ctx.payload
+        ctx.payload = None
+        b = self.backend
+        dtype = compute_dtype(ctx.dtype)
+        n, m = state.matrix
+        reduced = b.cast(reduced, dtype)
+
+        def after_p_step():
+            return b.reshape(reduced, (state.rank, n)), right
+
+        def after_q_step():
+            return left, b.reshape(reduced, (state.rank, m))
+
+        def low_rank():
+            reduced_left, reduced_right = b.cond(sends_p, after_p_step, after_q_step)
+
+            def keep_factor():  # the factor that was sent, reduced, seeds the next step
+                if not self.cfg.warm_start:
+                    return
+                if b.deferred:
+                    b.write_state(state.p if sends_p else state.q,
+                                  reduced_left if sends_p else reduced_right)
+                else:  # graph: both slots written, the one not sent with its own value
+                    b.write_state(state.p, b.cond(sends_p, lambda: reduced_left,
+                                                  lambda: b.read_state(state.p)))
+                    b.write_state(state.q, b.cond(sends_p, lambda: b.read_state(state.q),
+                                                  lambda: reduced_right))
+
+            # the local factors are this rank's own approximation, which its error measures against
+            out = self._gradient_and_commit(state, M, step, (left, right),
+                                            (reduced_left, reduced_right), keep_factor)
+            return b.cast(b.reshape(out, ctx.shape), ctx.dtype)
+
+        if b.deferred:
+            return low_rank()
+        return b.cond(step < self.cfg.start_step,
+                      lambda: self._warmup_done(state, step, b.reshape(reduced, ctx.shape), ctx),
+                      low_rank)
+
+    def _warmup_done(self, state: _TensorState, step, reduced_gradient, ctx: Ctx):
+        """Graph backends: a warm-up step's all-reduced gradient, and the step counted."""
+        b = self.backend
+        b.write_state(state.step, step + 1)
+        return b.cast(reduced_gradient, ctx.dtype)
+
+    def _gradient_and_commit(self, state: _TensorState, M, step, local, reduced, keep_factor,
+                             out=None):
+        """The n×m gradient P Qᵀ of the ``reduced`` factors (r×n, r×m), written into ``out`` if
+        given, and the state update that goes with it: E ← M − (``local`` approximation), in place
+        into M; the kept factor; the step counter.
+
+        Eager backends stage the update until the step's end and apply it only if every reduced
+        tensor of the step was finite (`_commit_step`): the error buffer simply becomes M, no copy.
+        Graph backends decide per tensor, inside the graph, on the reduced factor ``reduced``."""
+        b = self.backend
+        gradient = b.outer(*reduced, out=out)
+
+        def commit():
+            if self.cfg.error_feedback:
+                b.write_state(state.error, b.sub_outer_(M, *local))
+            keep_factor()
+            b.write_state(state.step, step + 1)
+            return gradient
+
+        if b.deferred:
+            self._commits.append(commit)
+            return gradient
+        return b.cond(b.finite_flag(reduced[0]) & b.finite_flag(reduced[1]), commit,
+                      lambda: gradient)
+
+    def _commit_step(self) -> None:
+        commits, self._commits = self._commits, []
+        if commits and bool(self.backend.all_true(self._step_finite)):
+            for commit in commits:
+                commit()
+        super()._commit_step()
+
+    # ------------------------------------------------------------------ classic: P̂ and Q
+    def _orthogonalize_p(self, P_reduced, ctx: Ctx, state: _TensorState, M, step):
         b = self.backend
         dtype = compute_dtype(ctx.dtype)
         P_hat = orthogonalize(b, b.cast(P_reduced, dtype), self.cfg.orthogonalization_epsilon)
-        job = _Job(ctx, state, M, P_hat, handle=None)
-        job.Q = self._wire(b.transpose(M) @ P_hat)
+        job = _Job(ctx, state, M, P_hat, Q=self._wire(b.matmul(P_hat, M)), step=step)
         if b.deferred:
             # Q is sent in `_finish_step` with every other layer's as one grouped all-reduce: one
             # round. Submitted one by one, as layers are decompressed, they would spread over
             # several of Horovod's cycles (it fuses what every rank submitted by the same cycle),
             # each a round with its own latency.
-            job.out = b.empty(ctx.shape, ctx.dtype, like=P_hat)
+            job.out = self._output_for(job)
             self._pending.append(job)
         else:
             self._finish([job])
         return job.out
+
+    def _output_for(self, job: _Job):
+        """The tensor Horovod gets back now and `_finish_step` fills: an n×m buffer viewed in the
+        gradient's shape, written directly by the product (a separate tensor to copy into where
+        the gradient's dtype is not the compute dtype)."""
+        b = self.backend
+        ctx = job.ctx
+        if ctx.dtype != compute_dtype(ctx.dtype):
+            return b.empty(ctx.shape, ctx.dtype, like=job.P_hat)
+        job.buffer = b.empty(job.state.matrix, ctx.dtype, like=job.P_hat)
+        return b.reshape(job.buffer, ctx.shape)
 
     def _round(self, jobs: list, tensors: list, round_name: str) -> list:
         """All-reduce one tensor per job as a single fused round (one grouped all-reduce per
@@ -271,7 +481,7 @@ class PowerSGD(Compressor):
         self._stats.wait_seconds += b.clock() - start
         return results
 
-    # ------------------------------------------------------------------ phase 3: finish
+    # ------------------------------------------------------------------ classic: round 2
     def _finish_step(self) -> None:
         jobs, self._pending = self._pending, []
         if jobs:
@@ -285,10 +495,11 @@ class PowerSGD(Compressor):
         for job, Q in zip(jobs, self._round(jobs, [job.Q for job in jobs], "Q0")):
             job.Q = Q
         for iteration in range(1, self.cfg.power_iterations):
-            P = self._round(jobs, [self._wire(job.M @ job.Q) for job in jobs], f"P{iteration}")
+            P = self._round(jobs, [self._wire(b.matmul(job.Q, job.M, transpose_b=True))
+                                   for job in jobs], f"P{iteration}")
             for job, P_reduced in zip(jobs, P):
                 job.P_hat = orthogonalize(b, P_reduced, eps)
-            Q = self._round(jobs, [self._wire(b.transpose(job.M) @ job.P_hat) for job in jobs],
+            Q = self._round(jobs, [self._wire(b.matmul(job.P_hat, job.M)) for job in jobs],
                             f"Q{iteration}")
             for job, Q_reduced in zip(jobs, Q):
                 job.Q = Q_reduced
@@ -296,33 +507,43 @@ class PowerSGD(Compressor):
             self._complete(job)
 
     def _complete(self, job: _Job) -> None:
+        """E ← M − P̂ Q̄ᵀ/N-or-1, gradient P̂ Q̄ᵀ into the output, Q̄ kept for the next step."""
         b = self.backend
         state, identity = job.state, job.ctx.identity
-        reduced = job.P_hat @ b.transpose(job.Q)  # the average (or, for op=Sum, the sum) over ranks
-        if self.cfg.error_feedback:
-            average = reduced if identity.op is ReduceOp.AVERAGE else reduced / identity.group_size
-            b.write_state(state.error, job.M - average)
-        if self.cfg.warm_start:
-            b.write_state(state.q, job.Q)
-        result = b.cast(b.reshape(reduced, job.ctx.shape), job.ctx.dtype)
-        if b.deferred:
-            b.fill(job.out, result)
-        else:
-            job.out = result
-        job.M = job.P_hat = job.Q = None  # release the step's temporaries
+        # the reduced Q̄ is the average (or, for op=Sum, the sum) over ranks; the error measures M
+        # against the average
+        average_q = job.Q if identity.op is ReduceOp.AVERAGE else job.Q / identity.group_size
+
+        reduced_q = job.Q
+
+        def keep_factor():  # may run at the step's end, after the job's fields were released
+            if self.cfg.warm_start:
+                b.write_state(state.q, reduced_q)
+
+        if b.deferred:  # round 2's result decides too (graph backends check it per tensor)
+            self._step_finite.append(b.finite_flag(job.Q))
+        out = self._gradient_and_commit(state, job.M, job.step, (job.P_hat, average_q),
+                                        (job.P_hat, job.Q), keep_factor, out=job.buffer)
+        if job.buffer is None:  # else ``out`` is the buffer job.out views: the gradient is there
+            result = b.cast(b.reshape(out, job.ctx.shape), job.ctx.dtype)
+            if b.deferred:
+                b.fill(job.out, result)
+            else:
+                job.out = result
+        job.M = job.P_hat = job.Q = job.buffer = None  # release the step's temporaries
 
     # ------------------------------------------------------------------ checkpointing
     def _export_tensor_state(self, state: _TensorState) -> dict:
-        return {"shape": list(state.shape), "step": int(self.backend.read_state(state.step)),
-                "q": None if state.q is None else export_value(self.backend, state.q),
-                "error": None if state.error is None else export_value(self.backend, state.error)}
+        b = self.backend
+        return {"shape": list(state.shape), "step": int(b.read_state(state.step)),
+                **{field: None if getattr(state, field) is None else export_value(b, getattr(state, field))
+                   for field in ("q", "p", "error")}}
 
     def _import_tensor_state(self, name: str, value: dict) -> _TensorState:
         state = self._new_state(tuple(value["shape"]))
         b = self.backend
         state.step = b.new_state(int(value["step"]), key=f"{name}/step")
-        if value["q"] is not None:
-            state.q = b.new_state(b.import_tensor(value["q"]), key=f"{name}/q")
-        if value["error"] is not None:
-            state.error = b.new_state(b.import_tensor(value["error"]), key=f"{name}/error")
+        for field in ("q", "p", "error"):
+            if value.get(field) is not None:
+                setattr(state, field, b.new_state(b.import_tensor(value[field]), key=f"{name}/{field}"))
         return state

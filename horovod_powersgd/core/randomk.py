@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 
 from .backend import Backend, compute_dtype, itemsize
-from .compressor import Ctx
+from .compressor import Ctx, poison
 from .sparse import check_ratio, kept
 from .stateful import StatefulCompressor, flat, restore
 from .wire import Wire, numel
@@ -69,7 +69,8 @@ class RandomK(StatefulCompressor):
             p = p + self._read(slots, "error", p)
         values = b.gather(p, indices)
         if self.error_feedback:
-            b.write_state(slots["error"], p - b.scatter_add(indices, values, d))
+            self._stage_write(slots["error"], p - b.scatter_add(indices, values, d))
+        values = values + b.cast(poison(b, p), b.dtype_name(values))  # any non-finite p: NaN values
         ctx.payload = indices
         return values, ctx
 

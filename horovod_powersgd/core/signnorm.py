@@ -42,7 +42,7 @@ class SignNorm(StatefulCompressor):
         scale = b.sum(b.abs(p)) / d
         packed = b.pack_signs(p)
         signs = b.cast(b.reshape(b.unpack_signs(b.reshape(packed, (1, -1)), d), (d,)), dtype)
-        b.write_state(slots["error"], p - scale * signs)
+        self._stage_write(slots["error"], p - scale * signs)
         ctx.payload = (start_allgather(self, packed, "signnorm.signs", ctx.identity),
                        start_allgather(self, b.reshape(scale, (1,)), "signnorm.scale", ctx.identity))
         return placeholder(b, like=g), ctx

@@ -46,7 +46,7 @@ class Signum(StatefulCompressor):
         g = flat(b, tensor, compute_dtype(ctx.dtype))
         slots = self._slots(ctx, like=g)
         v = self.momentum * self._read(slots, "momentum", g) + (1 - self.momentum) * g
-        b.write_state(slots["momentum"], v)
+        self._stage_write(slots["momentum"], v)
         ctx.payload = start_allgather(self, b.pack_signs(v), "signum", ctx.identity)
         return placeholder(b, like=g), ctx
 

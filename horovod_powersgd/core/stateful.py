@@ -10,7 +10,7 @@ import dataclasses
 from typing import Dict, Tuple
 
 from .backend import compute_dtype
-from .compressor import Compressor, Ctx, export_value
+from .compressor import Compressor, Ctx, export_value, poisoned
 from .wire import numel
 
 
@@ -24,7 +24,9 @@ class StatefulCompressor(Compressor):
     """Base for compressors whose per-tensor state is flat buffers of the gradient's size.
 
     Subclasses name their buffers in `buffers` (each d elements, the gradient's compute dtype, zero
-    at first) and set `counts_steps` when they draw fresh shared randomness every step.
+    at first) and set `counts_steps` when they draw fresh shared randomness every step. Buffers are
+    written with `_stage_write` (kept as they were by a non-finite step); counters advance always (the
+    same on every rank either way).
     """
 
     buffers: Tuple[str, ...] = ()
@@ -54,6 +56,14 @@ class StatefulCompressor(Compressor):
         step = self.backend.read_state(slots["step"])
         self.backend.write_state(slots["step"], step + 1)
         return step
+
+    def _guard_output(self, out, finite):
+        return poisoned(self.backend, out, finite)  # votes and scatters can hide an overflow
+
+    def _scaled_slots(self):
+        for state in self._tensors.values():
+            for field in self.buffers:  # error buffers and momentum: gradient units
+                yield state.slots[field]
 
     def _wait(self, handle):
         start = self.backend.clock()

@@ -24,6 +24,8 @@ class CompressionStats:
     measured on the host: ``compress_seconds`` and ``decompress_seconds`` are the compressor's own
     work, ``wait_seconds`` the time spent blocked on its second-round collectives (communication
     that backprop did not hide). On GPUs kernel launches are asynchronous, so these are lower bounds.
+    ``nonfinite_steps`` counts steps whose reduced result held an inf or NaN (an overflowed loss
+    scale): the compressor's state was left untouched by them and the non-finite gradient handed on.
     """
 
     steps: int = 0
@@ -34,6 +36,7 @@ class CompressionStats:
     compress_seconds: float = 0.0
     decompress_seconds: float = 0.0
     wait_seconds: float = 0.0
+    nonfinite_steps: int = 0
     _current: StepBytes = dataclasses.field(default_factory=StepBytes, repr=False)
     _current_counts: list = dataclasses.field(default_factory=lambda: [0, 0], repr=False)
 
@@ -68,6 +71,7 @@ class CompressionStats:
             "compress_seconds": self.compress_seconds,
             "decompress_seconds": self.decompress_seconds,
             "wait_seconds": self.wait_seconds,
+            "nonfinite_steps": self.nonfinite_steps,
         }
 
     def __str__(self) -> str:
@@ -75,4 +79,5 @@ class CompressionStats:
         return (f"{d['steps']} steps, last step {d['uncompressed_bytes_last_step'] / 1e6:.3f} MB -> "
                 f"{d['sent_bytes_last_step'] / 1e6:.3f} MB ({d['compression_ratio_last_step']:.1f}x), "
                 f"compress {d['compress_seconds']:.3f} s, decompress {d['decompress_seconds']:.3f} s, "
-                f"wait {d['wait_seconds']:.3f} s")
+                f"wait {d['wait_seconds']:.3f} s"
+                + (f", {d['nonfinite_steps']} non-finite steps skipped" if d["nonfinite_steps"] else ""))

@@ -48,7 +48,7 @@ class TopK(StatefulCompressor):
         p = g + self._read(slots, "error", g)
         indices = b.topk_indices(p, kept(self.ratio, d))
         values = b.gather(p, indices)
-        b.write_state(slots["error"], p - b.scatter_add(indices, values, d))
+        self._stage_write(slots["error"], p - b.scatter_add(indices, values, d))
         ctx.payload = (start_allgather(self, values, "topk.values", ctx.identity),
                        start_allgather(self, b.cast(indices, "int32"), "topk.indices", ctx.identity))
         return placeholder(b, like=g), ctx

@@ -16,7 +16,7 @@ def reduce_gradients(compressor, gradients: Dict[str, np.ndarray]) -> Dict[str, 
     backend = compressor.backend
     submitted = []
     for name, grad in gradients.items():
-        grad = np.asarray(grad)
+        grad = np.array(grad, copy=True)  # the compressor may use it as scratch, as Horovod's may
         backend.name_tensor(grad, name)
         wire, ctx = compressor.compress(grad)
         handle = backend.comm.allreduce_async(wire, f"horovod.{name}", ctx.identity.op)

@@ -65,11 +65,26 @@ class NumpyBackend(Backend):
     def where(self, condition, a, b):
         return np.where(condition, a, b)
 
-    def columns(self, matrix):
-        return [matrix[:, i] for i in range(matrix.shape[1])]
+    def finite_flag(self, tensor):
+        return np.isfinite(tensor).all()
 
-    def stack_columns(self, columns):
-        return np.stack(columns, axis=1)
+    def rows(self, matrix):
+        return [matrix[i] for i in range(matrix.shape[0])]
+
+    def stack_rows(self, rows):
+        return np.stack(rows, axis=0)
+
+    # In place like PyTorch, so the reference exercises the same buffer reuse as the fast path.
+    def outer(self, left_t, right_t, out=None):
+        return np.matmul(np.transpose(left_t), right_t, out=out)
+
+    def add_(self, target, value):
+        return np.add(target, value, out=target) if _writable(target, value) else target + value
+
+    def sub_outer_(self, target, left_t, right_t):
+        product = np.transpose(left_t) @ right_t
+        return np.subtract(target, product, out=target) if _writable(target, product) \
+            else target - product
 
     def abs(self, tensor):
         return np.abs(tensor)
@@ -113,6 +128,11 @@ class NumpyBackend(Backend):
 
     def wait(self, handle):
         return self.comm.wait(handle)
+
+
+def _writable(target, value) -> bool:
+    return isinstance(target, np.ndarray) and target.flags.writeable \
+        and np.result_type(target, value) == target.dtype
 
 
 def _np_dtype(name: str):

@@ -39,26 +39,53 @@ class _TensorFlowAdapter:
     __hash__ = object.__hash__
 
     def _track_state(self, variable, key: str) -> None:
+        """Track a state variable for ``tf.train.Checkpoint`` under ``grad<i>_<field>`` (see
+        `VariableNamer.checkpoint_key`), not under the variable's name, which a rebuilt model
+        changes; state restored from ``load_state_dict`` before its variable was seen keeps its
+        name."""
+        name, _, field = key.rpartition("/")
+        position = self.backend.namer.checkpoint_key(name)
+        key = key if position is None else f"{position}/{field}"
         self._track_trackable(variable, name=re.sub(r"[^A-Za-z0-9_]", "_", key), overwrite=True)
+
+    def _unmatched_restored_names(self) -> list:
+        """Also checkpointed state (``tf.train.Checkpoint``, restored before the first step) whose
+        ``grad<i>`` is beyond the variables this model has: a different architecture."""
+        unmatched = super()._unmatched_restored_names()
+        pending = getattr(self, "_deferred_dependencies", None) or {}
+        known = self.backend.namer.checkpoint_keys()
+        return unmatched + sorted(key for key in pending if key.rpartition("_")[0] not in known)
 
     # ------------------------------------------------------------------ stats in graph mode
     def decompress(self, tensor, ctx):
+        self._window_finite = None
         out = super().decompress(tensor, ctx)
         if ctx is not None:
             # In a trace, compress/decompress of one tensor form a window of their own, so the base
             # class's last_step holds exactly this tensor's bytes, all rounds included.
-            self._count(ctx.identity.name, self._stats.last_step)
+            self._count(ctx.identity.name, self._stats.last_step, self._window_finite)
         return out
 
-    def _count(self, name: str, step_bytes: StepBytes) -> None:
-        """Bytes are static per trace; how often the trace runs is counted by a graph variable."""
+    def _count_nonfinite(self, finite) -> None:
+        self._window_finite = finite  # a graph tensor: counted by `_count`'s variable
+
+    def _agree(self, identity, like) -> None:
+        with tf.init_scope():  # runs eagerly, once, while the first step is traced on every rank
+            super()._agree(identity, like)
+
+    def _count(self, name: str, step_bytes: StepBytes, finite=None) -> None:
+        """Bytes are static per trace; how often the trace runs (and how often this tensor's
+        reduced result was not finite) is counted by graph variables."""
         entry = self._graph_counts.get(name)
         if entry is None:
             with tf.init_scope():
                 counter = tf.Variable(tf.constant(0, tf.int64), trainable=False)
-            entry = self._graph_counts[name] = [counter, None]
+                nonfinite = tf.Variable(tf.constant(0, tf.int64), trainable=False)
+            entry = self._graph_counts[name] = [counter, None, nonfinite]
         entry[1] = step_bytes
         entry[0].assign_add(1)
+        if finite is not None:
+            entry[2].assign_add(tf.cast(tf.logical_not(finite), tf.int64))
 
     @property
     def stats(self) -> CompressionStats:
@@ -72,6 +99,9 @@ class _TensorFlowAdapter:
         stats.total = StepBytes(
             sum(counts[n] * e[1].uncompressed for n, e in self._graph_counts.items()),
             sum(counts[n] * e[1].sent for n, e in self._graph_counts.items()))
+        # tensors are reduced in windows of their own: a step counts if any tensor's result was not
+        # finite, and an overflow reaches every tensor downstream of it, so the largest count
+        stats.nonfinite_steps = max((int(e[2].numpy()) for e in self._graph_counts.values()), default=0)
         stats.compress_seconds = stats.decompress_seconds = stats.wait_seconds = float("nan")
         return stats
 

@@ -101,11 +101,23 @@ class TensorFlowBackend(Backend):
     def where(self, condition, a, b):
         return tf.where(condition, a, b)
 
-    def columns(self, matrix):
-        return tf.unstack(matrix, axis=1)
+    def finite_flag(self, tensor):
+        return tf.reduce_all(tf.math.is_finite(tensor))
 
-    def stack_columns(self, columns):
-        return tf.stack(list(columns), axis=1)
+    def all_true(self, flags):
+        return tf.reduce_all(tf.stack(list(flags)))
+
+    def known_names(self):
+        return self.namer.known_names()
+
+    def rows(self, matrix):
+        return tf.unstack(matrix, axis=0)
+
+    def stack_rows(self, rows):
+        return tf.stack(list(rows), axis=0)
+
+    def matmul(self, a, b, transpose_a=False, transpose_b=False):
+        return tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
 
     # ------------------------------------------------------------------ state: tf.Variables
     def new_state(self, value, key: str = ""):

@@ -24,6 +24,7 @@ class VariableNamer:
         self._owner = weakref.ref(owner)
         self._names = {}  # variable.ref() -> unique name
         self._taken = set()
+        self._positions = {}  # unique name -> order of first sight (0, 1, ...)
 
     def identify(self, tensor) -> TensorIdentity:
         owner = self._owner()
@@ -37,6 +38,8 @@ class VariableNamer:
                 op, process_set = local["op"], local.get("process_set")
             grads, variables = local.get("grads"), local.get("vars")
             if variables is not None and isinstance(grads, (list, tuple)):
+                for var in variables:  # first sight in list order: checkpoint keys are positions
+                    self._name_of(var)
                 for grad, var in zip(grads, variables):
                     if grad is tensor:
                         variable = var
@@ -51,6 +54,30 @@ class VariableNamer:
                 f"compression=...) or hvd.DistributedOptimizer(..., compression=...).")
         return self._identity(self._name_of(variable), op, process_set)
 
+    def checkpoint_key(self, name: str):
+        """The key a ``tf.train.Checkpoint`` stores ``name``'s state under: ``grad<i>``, i being the
+        variable's position among the variables Horovod reduces (first sight). Positions survive
+        rebuilding the model — Keras renames ``dense_3`` to ``dense_6`` — as the object graph
+        matches the model's own variables; names do not. None for a name never seen."""
+        position = self._positions.get(name)
+        return None if position is None else f"grad{position}"
+
+    def checkpoint_keys(self) -> set:
+        return {f"grad{position}" for position in self._positions.values()}
+
+    def known_names(self):
+        """Names of every variable of the calling ``allreduce_grads(grads, vars)`` (named in list
+        order, so first sight is the list's order), or None outside it."""
+        frame = sys._getframe(1)
+        for _ in range(_MAX_FRAMES):
+            if frame is None:
+                return None
+            variables = frame.f_locals.get("vars")
+            if variables is not None and isinstance(frame.f_locals.get("grads"), (list, tuple)):
+                return {self._name_of(var) for var in variables}
+            frame = frame.f_back
+        return None
+
     def _name_of(self, variable) -> str:
         ref = variable.ref()
         name = self._names.get(ref)
@@ -61,6 +88,7 @@ class VariableNamer:
                 name, suffix = f"{base}_{suffix}", suffix + 1
             self._taken.add(name)
             self._names[ref] = name
+            self._positions[name] = len(self._positions)
         return name
 
     @staticmethod

@@ -48,6 +48,14 @@ class ParameterNamer:
             f"hvd.DistributedOptimizer(..., compression=...), or call "
             f"compression.register_parameters(model.named_parameters()) first.")
 
+    def known_names(self):
+        """Every name state may be keyed by: the calling Horovod optimizer's parameter names (or the
+        registered ones); None when neither is known."""
+        optimizer = self._calling_optimizer()
+        if optimizer is not None:
+            return set(optimizer._parameter_names.values())
+        return set(self._registered.values()) or None
+
     # ------------------------------------------------------------------ internals
     def _calling_optimizer(self):
         owner = self._owner()

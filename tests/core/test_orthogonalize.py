@@ -14,7 +14,7 @@ BACKEND = NumpyBackend(ThreadGroup(1).communicator(0))
 def test_full_rank_columns_become_orthonormal_and_span_the_same_space(n, r, seed):
     r = min(r, n)
     P = np.random.default_rng(seed).standard_normal((n, r))
-    P_hat = orthogonalize(BACKEND, P, 1e-8)
+    P_hat = orthogonalize(BACKEND, P.T, 1e-8).T  # it works on the rows of Pᵀ
     np.testing.assert_allclose(P_hat.T @ P_hat, np.eye(r), atol=1e-8)
     # Gram–Schmidt keeps the span: P = P̂ (P̂ᵀ P)
     np.testing.assert_allclose(P_hat @ (P_hat.T @ P), P, atol=1e-8)
@@ -24,7 +24,7 @@ def test_full_rank_columns_become_orthonormal_and_span_the_same_space(n, r, seed
 @given(arrays(np.float32, st.tuples(st.integers(1, 20), st.integers(1, 4)),
               elements=st.sampled_from([0.0, 1.0, -2.5, 1e-30])))
 def test_degenerate_inputs_give_orthonormal_or_zero_columns(P):
-    P_hat = orthogonalize(BACKEND, P.astype(np.float64), 1e-8)
+    P_hat = orthogonalize(BACKEND, P.T.astype(np.float64), 1e-8).T
     assert np.isfinite(P_hat).all()
     gram = P_hat.T @ P_hat  # diagonal of 0s and 1s: P̂ P̂ᵀ is an orthogonal projector
     np.testing.assert_allclose(gram, np.diag(np.round(np.diag(gram))), atol=1e-6)
@@ -35,7 +35,7 @@ def test_zero_and_repeated_columns_come_out_zero_not_nan():
     P = np.zeros((5, 3))
     P[:, 0] = 1.0
     P[:, 1] = 2.0  # parallel to column 0
-    P_hat = orthogonalize(BACKEND, P, 1e-8)
+    P_hat = orthogonalize(BACKEND, P.T, 1e-8).T  # it works on the rows of Pᵀ
     assert np.isfinite(P_hat).all()
     np.testing.assert_allclose(np.linalg.norm(P_hat[:, 0]), 1.0)
     assert np.linalg.norm(P_hat[:, 1:]) < 1e-6

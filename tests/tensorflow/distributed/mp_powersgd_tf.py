@@ -18,8 +18,12 @@ def run_steps(hvd, compression, steps, shapes=SHAPES, gradients=None):
             for s in range(steps)]
 
 
-def test_identical_across_ranks_low_rank_and_exact_1d(hvd):
-    outs = run_steps(hvd, PowerSGD(rank=2), 3)
+ALTERNATE = pytest.mark.parametrize("alternate", [False, True], ids=["classic", "single_round"])
+
+
+@ALTERNATE
+def test_identical_across_ranks_low_rank_and_exact_1d(hvd, alternate):
+    outs = run_steps(hvd, PowerSGD(rank=2, alternate=alternate), 3)
     for out in outs:
         for name, g in out.items():
             assert np.isfinite(g).all()
@@ -31,14 +35,15 @@ def test_identical_across_ranks_low_rank_and_exact_1d(hvd):
         np.testing.assert_array_equal(outs[-1][name], exact_average(hvd, last[name]))
 
 
-def test_matches_numpy_reference_and_so_pytorch(hvd):
+@ALTERNATE
+def test_matches_numpy_reference_and_so_pytorch(hvd, alternate):
     """The PyTorch adapter is tested against the same reference on the same inputs
     (tests/torch/distributed/mp_powersgd.py), so agreement here means TF == PyTorch."""
-    steps, shapes = 4, {"dense": (64, 32), "conv": (8, 4, 3, 3)}
-    outs = run_steps(hvd, PowerSGD(rank=2, seed=3), steps, shapes)
+    steps, shapes = 5, {"dense": (64, 32), "conv": (8, 4, 3, 3)}
+    outs = run_steps(hvd, PowerSGD(rank=2, seed=3, alternate=alternate), steps, shapes)
 
     def reference(comm):
-        compressor = CorePowerSGD(NumpyBackend(comm), rank=2, seed=3)
+        compressor = CorePowerSGD(NumpyBackend(comm), rank=2, seed=3, alternate=alternate)
         return [reduce_gradients(compressor, local_gradients(shapes, comm.rank, s))
                 for s in range(steps)]
 
@@ -68,31 +73,37 @@ def test_same_result_as_pytorch_adapter_in_one_process(hvd):
         np.testing.assert_allclose(weight.grad.numpy(), tf_outs[step]["dense"], rtol=1e-4, atol=1e-5)
 
 
-def test_low_rank_gradients_become_exact_after_warm_start(hvd):
+@ALTERNATE
+def test_low_rank_gradients_become_exact_after_warm_start(hvd, alternate):
     shared = np.random.default_rng(7).standard_normal((64, 2)).astype(np.float32)
     v = np.random.default_rng([hvd.rank(), 99]).standard_normal((2, 32)).astype(np.float32)
-    outs = run_steps(hvd, PowerSGD(rank=2, error_feedback=False), 4, {"dense": (64, 32)},
+    outs = run_steps(hvd, PowerSGD(rank=2, error_feedback=False, alternate=alternate), 4,
+                     {"dense": (64, 32)},
                      lambda step: {"dense": shared @ v})
     exact = exact_average(hvd, shared @ v)
     assert np.linalg.norm(outs[-1]["dense"] - exact) / np.linalg.norm(exact) < 1e-5
 
 
+@ALTERNATE
 @pytest.mark.parametrize("error_feedback", [True, False])
-def test_error_feedback_keeps_running_sum_close(hvd, error_feedback):
+def test_error_feedback_keeps_running_sum_close(hvd, error_feedback, alternate):
+    # half a power iteration per step: the single-round error settles later (~100 steps here)
+    steps = 160 if alternate else 60
     fixed = local_gradients({"dense": (48, 40)}, hvd.rank(), 0)
-    outs = run_steps(hvd, PowerSGD(rank=1, error_feedback=error_feedback), 60, {"dense": (48, 40)},
-                     lambda step: fixed)
+    outs = run_steps(hvd, PowerSGD(rank=1, error_feedback=error_feedback, alternate=alternate), steps,
+                     {"dense": (48, 40)}, lambda step: fixed)
     exact = exact_average(hvd, fixed["dense"])
     running = np.cumsum([o["dense"] for o in outs], axis=0)
-    gaps = [np.linalg.norm(running[t] - (t + 1) * exact) for t in range(60)]
+    gaps = [np.linalg.norm(running[t] - (t + 1) * exact) for t in range(steps)]
     if error_feedback:
-        assert max(gaps[30:]) < 1.5 * max(gaps[:30])
+        assert max(gaps[steps // 2:]) < 1.5 * max(gaps[:steps // 2])
     else:
-        assert gaps[59] > 2.5 * gaps[19]
+        assert gaps[steps - 1] > 2.5 * gaps[steps // 3]
 
 
-def test_start_step_sends_exact_gradients_first(hvd):
-    outs = run_steps(hvd, PowerSGD(rank=1, start_step=2), 4, {"dense": (32, 24)})
+@ALTERNATE
+def test_start_step_sends_exact_gradients_first(hvd, alternate):
+    outs = run_steps(hvd, PowerSGD(rank=1, start_step=2, alternate=alternate), 4, {"dense": (32, 24)})
     for step, out in enumerate(outs):
         exact = exact_average(hvd, local_gradients({"dense": (32, 24)}, hvd.rank(), step)["dense"])
         if step < 2:
@@ -175,30 +186,37 @@ def test_indexed_slices_pass_through(hvd):
     np.testing.assert_allclose(dense, exact_average(hvd, local))
 
 
-def test_checkpoint_restore_continues_bit_identically(hvd, tmp_path_factory):
+# the single-round variant resumes before a Q-step (after 3 steps) and before a P-step (after 4)
+@pytest.mark.parametrize("alternate, boundary", [(False, 3), (True, 3), (True, 4)],
+                         ids=["classic", "single_round_q_next", "single_round_p_next"])
+def test_checkpoint_restore_continues_bit_identically(hvd, tmp_path_factory, alternate, boundary):
     shapes = {"dense": (32, 24), "bias": (24,)}
-    path = str(tmp_path_factory.getbasetemp() / f"rank{hvd.rank()}" / "ckpt")
-    compression = PowerSGD(rank=2)
+    path = str(tmp_path_factory.getbasetemp() / f"rank{hvd.rank()}-{alternate}-{boundary}" / "ckpt")
+    compression = PowerSGD(rank=2, alternate=alternate)
     run = FixedGradients(shapes).make_step(hvd, compression)
-    for step in range(3):
+    for step in range(boundary):
         run(local_gradients(shapes, hvd.rank(), step))
     saved = tf.train.Checkpoint(compression=compression).write(path)
-    uninterrupted = [run(local_gradients(shapes, hvd.rank(), step)) for step in range(3, 6)]
+    after = range(boundary, boundary + 3)
+    uninterrupted = [run(local_gradients(shapes, hvd.rank(), step)) for step in after]
 
-    restored = PowerSGD(rank=2)
+    restored = PowerSGD(rank=2, alternate=alternate)
     tf.train.Checkpoint(compression=restored).read(saved).assert_existing_objects_matched()
     run = FixedGradients(shapes).make_step(hvd, restored)  # state restored when first created
-    resumed = [run(local_gradients(shapes, hvd.rank(), step)) for step in range(3, 6)]
+    resumed = [run(local_gradients(shapes, hvd.rank(), step)) for step in after]
     for a, b in zip(uninterrupted, resumed):
         for name in shapes:
             np.testing.assert_array_equal(a[name], b[name])
 
 
-def test_stats_count_the_bytes(hvd):
-    compression = PowerSGD(rank=2)
+@ALTERNATE
+def test_stats_count_the_bytes(hvd, alternate):
+    compression = PowerSGD(rank=2, alternate=alternate)
     run_steps(hvd, compression, 2)
     s = compression.stats
     uncompressed = 4 * (64 * 32 + 8 * 36 + 32 + 9)
-    sent = 4 * (2 * (64 + 32) + 2 * (8 + 36) + 32 + 9)
+    # single-round in a graph: the mean of a P-step and a Q-step per step (exact over step pairs)
+    low_rank = (2 * (64 + 32) + 2 * (8 + 36)) // (2 if alternate else 1)
+    sent = 4 * (low_rank + 32 + 9)
     assert s.steps == 2 and s.last_step.uncompressed == uncompressed and s.last_step.sent == sent
     assert s.total.sent == 2 * sent

@@ -46,17 +46,20 @@ def accuracy(model, x, y):
         return (model(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
 
 
-def test_checkpoint_resume_is_bit_identical(hvd, tmp_path_factory):
-    x, y = shard(hvd, *fashion_mnist("train", limit=1024))
-    path = str(tmp_path_factory.getbasetemp() / f"rank{hvd.rank()}.pt")  # error buffers: per rank
-    compression = PowerSGD(rank=2)
+# 8 steps per epoch resume before a P-step of the single-round variant, 7 before a Q-step
+@pytest.mark.parametrize("alternate, limit", [(False, 1024), (True, 1024), (True, 896)],
+                         ids=["classic", "single_round_p_next", "single_round_q_next"])
+def test_checkpoint_resume_is_bit_identical(hvd, tmp_path_factory, alternate, limit):
+    x, y = shard(hvd, *fashion_mnist("train", limit=limit))
+    path = str(tmp_path_factory.getbasetemp() / f"rank{hvd.rank()}-{alternate}-{limit}.pt")
+    compression = PowerSGD(rank=2, alternate=alternate)  # error buffers differ: one file per rank
     model, opt = train(hvd, compression, x, y, epochs=1)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                 "compression": compression.state_dict()}, path)
     uninterrupted, _ = train(hvd, compression, x, y, epochs=3, model=model, opt=opt, start_epoch=1)
 
     saved = torch.load(path)  # weights_only=True (the default) must accept the compressor state
-    resumed_compression = PowerSGD(rank=2)
+    resumed_compression = PowerSGD(rank=2, alternate=alternate)
     resumed_compression.load_state_dict(saved["compression"])
     model = make_model()
     model.load_state_dict(saved["model"])

@@ -18,6 +18,7 @@ SHAPES = {"dense": (256, 128), "conv": (32, 16, 3, 3), "bias": (128,)}
 SPECS = {
     "powersgd": "powersgd:rank=2",
     "powersgd_k2": "powersgd:rank=2,power_iterations=2",
+    "powersgd_single": "powersgd:rank=2,alternate=True",
     "unbiased_lowrank": "unbiased_lowrank:rank=2",
     "signum": "signum",
     "signnorm": "signnorm",
@@ -26,7 +27,7 @@ SPECS = {
     "fp16": "fp16",
     "bf16": "bf16",
 }
-STEPS = 3
+STEPS = 4  # even: the single-round variant's P-steps and Q-steps in equal number
 
 
 def main():
