@@ -191,6 +191,7 @@ class Fit:
     round_overhead_s: float = 1e-3  # β per collective round (framework), fitted
     # --- measured by `horovod_powersgd.calibrate` on the user's cluster (None/empty: not measured)
     tensor_overhead_s: float = 0.0  # γ: extra cost per tensor fused into a round (negotiation, copies)
+    step_overhead_s: float = 0.0  # σ: a Horovod step's cost beyond codec and isolated collectives
     bandwidth_bps: Optional[float] = None  # the link the fit was made on (the advisor's default)
     workers: Optional[int] = None  # ranks it was measured with
     codec_s_per_step: Dict[str, float] = dataclasses.field(default_factory=dict)  # spec -> s, on:
@@ -244,10 +245,14 @@ def allgather_seconds(nbytes_per_rank: float, workers: int, bps: float, fit: Fit
 
 
 def communicate_seconds(t: Traffic, workers: int, bps: float, fit: Fit) -> float:
-    """Every round of one step, one after the other (no overlap with backprop assumed)."""
+    """Every round of one step, one after the other (no overlap with backprop assumed), plus the
+    step's own overhead σ (calibrated fits only)."""
+    if workers < 2:
+        return 0.0
     tensors = t.tensors or [1] * len(t.allreduce_rounds)
     comm = sum(allreduce_seconds(b, workers, bps, fit, k) for b, k in zip(t.allreduce_rounds, tensors))
-    return comm + allgather_seconds(t.allgather_bytes, workers, bps, fit, max(1, t.allgather_tensors))
+    return (comm + allgather_seconds(t.allgather_bytes, workers, bps, fit, max(1, t.allgather_tensors))
+            + fit.step_overhead_s)
 
 
 def codec_key(spec: str) -> str:
@@ -450,6 +455,8 @@ def describe_fit(fit_: Fit) -> str:
             f"β={fit_.round_overhead_s * 1e3:.2f} ms/round{spread('round_overhead_s', 'ms', lambda v: v * 1e3)}")
     if fit_.tensor_overhead_s:
         text += f", γ={fit_.tensor_overhead_s * 1e6:.0f} µs/tensor{spread('tensor_overhead_s', 'us', lambda v: v * 1e6)}"
+    if fit_.step_overhead_s:
+        text += f", σ={fit_.step_overhead_s * 1e3:.1f} ms/step{spread('step_overhead_s', 'ms', lambda v: v * 1e3)}"
     if fit_.bandwidth_bps:
         text += f", B_eff={format_rate(fit_.efficiency * fit_.bandwidth_bps)}"
         if "effective_bps" in fit_.spread:

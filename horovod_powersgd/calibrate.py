@@ -1,0 +1,604 @@
+"""Calibrate the advisor on *your* cluster: a short program every rank runs under your own launcher.
+
+    horovodrun -np 2 -H host1:1,host2:1 python -m horovod_powersgd.calibrate --model fashion_cnn --out fit.json
+    mpirun -np 2 python -m horovod_powersgd.calibrate --model mypkg.models:build --batch mypkg.data:loss --out fit.json
+    sudo .venv/bin/python -m benchmarks.emulate --rate 1gbit --workers 2 -- \\
+        .venv/bin/python -m horovod_powersgd.calibrate --model fashion_cnn --out /tmp/fit.json
+    python -m horovod_powersgd.advisor --fit fit.json --model fashion_cnn      # the same table, later
+
+In a bounded time (``--budget``, default 120 s, progress shown on rank 0) it measures, with every rank
+taking part, in the framework (PyTorch) and on the device you train with:
+
+1. **the network as Horovod sees it**: all-reduce and all-gather of float32 tensors over a range of
+   sizes, one tensor per round, several tensors fused into one round (grouped), and the same tensors
+   as separate rounds. One least-squares fit over every sample, each weighted by its relative error,
+
+       t(round) = (ring bytes)·8 / B + hops · α + β + tensors · γ
+       ring bytes: 2(N−1)/N · S (all-reduce), (N−1) · s (all-gather); hops: 2(N−1) and N−1
+
+   gives the effective bandwidth B, the per-hop latency α (all-reduce and all-gather differ in hops
+   only), the per-round overhead β (fused vs separate rounds of the same tensors) and the per-tensor
+   overhead γ; their spread (10th–90th percentile) comes from refitting on bootstrap resamples of
+   the repetitions;
+2. **each compressor's codec cost** for your gradient shapes on your device: every spec the advisor
+   compares runs real steps of Horovod's DistributedOptimizer on parameters of your shapes;
+   codec = the compressor's own compress + decompress + end-of-step work, without its waits;
+3. optionally **your compute time** per step: ``--batch module:function`` gets the model built by
+   ``--model module:function`` and returns a zero-argument callable giving one batch's loss; a step
+   is zero_grad + backward + SGD, without Horovod (the slowest rank's median).
+
+Rank 0 writes the fit (``--out``: the advisor's `Fit` plus the raw samples) and prints the advisor's
+table for this cluster: predicted step time and speed-up of every spec, the bandwidth below which each
+pays, and a one-sentence recommendation with its reason.
+
+``--model`` takes the advisor's presets (``fashion_cnn``, ``ptb_lstm``, ``resnet18``), shapes
+(``1024x1568,1024``), a ``.json`` list of shapes, or ``module:function`` returning a
+``torch.nn.Module`` (its trainable parameters' shapes) or a list of shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import advisor
+from .advisor import Fit, Shape
+
+#: float32 elements; the network phase's smallest tensor
+MIN_BYTES = 4 << 10
+#: tensors per fused (or separate) round in the network phase
+FUSED_TENSORS = 8
+
+
+# ---------------------------------------------------------------------------- timing sources
+class TimingSource:
+    """What the network phase needs from a cluster; `HorovodSource` is the real one, tests use a
+    synthetic one. Every rank makes the same calls in the same order."""
+
+    size: int = 2
+
+    def clock(self) -> float:
+        return time.perf_counter()
+
+    def allreduce(self, nbytes: Sequence[int], fused: bool) -> float:
+        """Seconds to all-reduce float32 tensors of these sizes: one fused round or one round each."""
+        raise NotImplementedError
+
+    def allgather(self, nbytes: Sequence[int], fused: bool) -> float:
+        """Seconds to all-gather tensors of these sizes (bytes per rank)."""
+        raise NotImplementedError
+
+    def agree(self, value):
+        """Rank 0's value, on every rank (decisions that depend on time must be the same everywhere)."""
+        return value
+
+    def combine(self, values: List[float]) -> List[float]:
+        """Per-sample times from every rank → one time per sample (the mean over ranks)."""
+        return values
+
+
+# ---------------------------------------------------------------------------- network: measure
+@dataclasses.dataclass
+class Sample:
+    op: str  # 'allreduce' or 'allgather'
+    nbytes: int  # bytes per rank, all tensors together
+    tensors: int
+    fused: bool  # True: one round for all tensors; False: one round per tensor
+    seconds: List[float] = dataclasses.field(default_factory=list)  # one per repetition
+
+    @property
+    def rounds(self) -> int:
+        return 1 if self.fused else self.tensors
+
+
+def plan_points(max_bytes: int) -> List[Sample]:
+    """The measurement points: sizes from `MIN_BYTES` to ``max_bytes`` (×4 steps), single tensors,
+    and `FUSED_TENSORS` tensors fused and separate at a few sizes, for both collectives."""
+    sizes, size = [], MIN_BYTES
+    while size < max_bytes:
+        sizes.append(size)
+        size *= 4
+    sizes.append(max_bytes)
+    points = []
+    for op in ("allreduce", "allgather"):
+        for size in sizes:
+            points.append(Sample(op, size, 1, True))
+        grouped = sizes[::2] if op == "allreduce" else sizes[:1] + sizes[-1:]
+        for size in grouped:
+            size = max(size, FUSED_TENSORS * MIN_BYTES // 4)
+            points.append(Sample(op, size, FUSED_TENSORS, True))
+            points.append(Sample(op, size, FUSED_TENSORS, False))
+    return points
+
+
+def _run_point(source: TimingSource, point: Sample) -> float:
+    parts = [max(4, point.nbytes // point.tensors // 4 * 4)] * point.tensors
+    op = source.allreduce if point.op == "allreduce" else source.allgather
+    return op(parts, point.fused)
+
+
+def measure_network(source: TimingSource, budget_s: float, max_round_s: float = 0.25,
+                    min_repetitions: int = 3, progress: Optional[Callable[[str, float], None]] = None
+                    ) -> List[Sample]:
+    """Repeat every measurement point until ``budget_s`` is spent (at least ``min_repetitions``
+    times). The largest size is chosen from a first probe so that one round takes ≈ ``max_round_s``."""
+    start = source.clock()
+    for _ in range(2):  # warm-up: connections, buffers, Horovod's first negotiation
+        source.allreduce([1 << 20], True)
+    probe = min(source.allreduce([1 << 20], True) for _ in range(2))
+    bytes_per_s = (1 << 20) / max(probe, 1e-6)
+    max_bytes = int(source.agree(min(64 << 20, max(1 << 20, bytes_per_s * max_round_s)))) // 4096 * 4096
+    points = plan_points(max_bytes)
+    repetition = 0
+    while True:
+        for point in points:
+            point.seconds.append(_run_point(source, point))
+        repetition += 1
+        elapsed = source.clock() - start
+        if progress:
+            progress("network", elapsed)
+        more = repetition < min_repetitions or elapsed * (repetition + 1) / repetition <= budget_s
+        if not source.agree(more):
+            break
+    for point in points:
+        point.seconds = source.combine(point.seconds)
+    return points
+
+
+# ---------------------------------------------------------------------------- network: fit
+@dataclasses.dataclass
+class NetworkFit:
+    bandwidth_bps: float  # B: effective bits per second of one worker's link, as collectives see it
+    latency_s: float  # α per hop
+    round_overhead_s: float  # β per round
+    tensor_overhead_s: float  # γ per tensor in a round
+    spread: Dict[str, List[float]]  # parameter → [10th, 90th] percentile over bootstrap refits
+    median_error: float  # median |relative error| of the fit over the measurement points
+
+
+COLUMNS = ("inverse_bandwidth", "latency_s", "round_overhead_s", "tensor_overhead_s")
+
+
+def design_row(op: str, nbytes: float, tensors: int, rounds: int, workers: int) -> List[float]:
+    """Coefficients of (1/B, α, β, γ) in one measurement's time (the module docstring's model)."""
+    n = workers
+    if op == "allreduce":
+        bits, hops = 2 * (n - 1) / n * nbytes * 8, 2 * (n - 1) * rounds
+    else:
+        bits, hops = (n - 1) * nbytes * 8, (n - 1) * rounds
+    return [bits, hops, rounds, tensors]
+
+
+def nonnegative_lstsq(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient ≥ 0: refit without the columns that came out negative
+    (a latency or overhead cannot be negative; on a network without delay α is 0)."""
+    active = list(range(A.shape[1]))
+    x = np.zeros(A.shape[1])
+    while active:
+        coef, *_ = np.linalg.lstsq(A[:, active], y, rcond=None)
+        if (coef >= 0).all():
+            x[:] = 0
+            x[active] = coef
+            return x
+        active.pop(int(np.argmin(coef)))
+    return x
+
+
+def _solve(points: List[Sample], times: np.ndarray, workers: int) -> np.ndarray:
+    A = np.array([design_row(p.op, p.nbytes, p.tensors, p.rounds, workers) for p in points], dtype=float)
+    w = 1.0 / np.maximum(times, 1e-9)  # relative errors: sizes span four orders of magnitude
+    scale = np.abs(A * w[:, None]).max(axis=0)
+    scale[scale == 0] = 1.0
+    return nonnegative_lstsq(A * w[:, None] / scale, times * w) / scale
+
+
+def fit_network(points: List[Sample], workers: int, bootstrap: int = 200, seed: int = 0) -> NetworkFit:
+    """Fit (B, α, β, γ) to the per-point medians; spread from refits on bootstrap resamples."""
+    if workers < 2:
+        raise ValueError("the network fit needs at least 2 ranks")
+    medians = np.array([np.median(p.seconds) for p in points])
+    coef = _solve(points, medians, workers)
+    if coef[0] <= 0:
+        raise ValueError("the fit found no bandwidth term: the largest transfers were too small to time")
+    A = np.array([design_row(p.op, p.nbytes, p.tensors, p.rounds, workers) for p in points])
+    error = float(np.median(np.abs(A @ coef / medians - 1)))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(bootstrap):
+        times = np.array([np.median(rng.choice(p.seconds, len(p.seconds))) for p in points])
+        draws.append(_solve(points, times, workers))
+    draws = np.array(draws)
+    spread = {}
+    for i, name in enumerate(COLUMNS):
+        values = 1.0 / draws[:, 0][draws[:, 0] > 0] if i == 0 else draws[:, i]
+        low, high = np.percentile(values, [10, 90]) if len(values) else (math.nan, math.nan)
+        spread["effective_bps" if i == 0 else name] = [float(low), float(high)]
+    return NetworkFit(1.0 / float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), spread, error)
+
+
+# ---------------------------------------------------------------------------- Horovod (PyTorch)
+class HorovodSource(TimingSource):
+    """Horovod's own collectives on float32 tensors (``device``: 'cpu' or 'cuda')."""
+
+    def __init__(self, hvd, device: str = "cpu"):
+        import torch
+
+        self.hvd, self.torch, self.device = hvd, torch, device
+        self.size = hvd.size()
+        self._cache: Dict[int, object] = {}
+
+    def _tensor(self, nbytes: int, index: int):
+        key = (nbytes, index)
+        if key not in self._cache:
+            self._cache[key] = self.torch.full((max(1, nbytes // 4),), 1.0, device=self.device)
+        return self._cache[key]
+
+    def _sync(self):
+        if self.device != "cpu":
+            self.torch.cuda.synchronize()
+
+    def _timed(self, fn) -> float:
+        self.hvd.barrier()
+        self._sync()
+        start = time.perf_counter()
+        fn()
+        self._sync()
+        return time.perf_counter() - start
+
+    def _run(self, op: str, nbytes, fused: bool) -> float:
+        # stable names, as a training loop's parameters have: Horovod's response cache then skips
+        # the full negotiation, as it does in training
+        name = f"calibrate.{op}.{len(nbytes)}x{nbytes[0]}"
+        tensors = [self._tensor(b, i) for i, b in enumerate(nbytes)]
+        single, grouped = ((self.hvd.allreduce, self.hvd.grouped_allreduce) if op == "allreduce"
+                           else (self.hvd.allgather, self.hvd.grouped_allgather))
+        if fused and len(tensors) > 1:
+            return self._timed(lambda: grouped(tensors, name=f"{name}.fused"))
+        return self._timed(lambda: [single(t, name=f"{name}.{i}") for i, t in enumerate(tensors)])
+
+    def allreduce(self, nbytes, fused):
+        return self._run("allreduce", nbytes, fused)
+
+    def allgather(self, nbytes, fused):
+        return self._run("allgather", nbytes, fused)
+
+    def agree(self, value):
+        return self.hvd.broadcast_object(value, 0)
+
+    def combine(self, values):
+        every = self.hvd.allgather_object(list(values))
+        return [float(np.mean(column)) for column in zip(*every)]
+
+
+# ---------------------------------------------------------------------------- codec and compute
+def _parameters(shapes: Sequence[Shape], device: str):
+    import torch
+
+    return torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(s, device=device)) for s in shapes])
+
+
+def _timed_finish(compression) -> list:
+    """Wrap the compressor's end-of-step work (`_finish_step`: PowerSGD's second round and the
+    reconstruction) so its wall time can be counted; returns a one-element accumulator."""
+    total = [0.0]
+    original = getattr(compression, "_finish_step", None)
+    if original is None:
+        return total
+
+    def finish():
+        start = time.perf_counter()
+        try:
+            original()
+        finally:
+            total[0] += time.perf_counter() - start
+
+    compression._finish_step = finish
+    return total
+
+
+def measure_codec(hvd, specs: Sequence[str], shapes: Sequence[Shape], device: str, budget_s: float,
+                  min_steps: int = 3, warmup: int = 2,
+                  progress: Optional[Callable[[str, float], None]] = None) -> Dict[str, dict]:
+    """Per spec: codec seconds per step (median over steps, slowest rank) and the synthetic step's
+    wall time (no compute: gradients are fixed tensors), from real Horovod steps on ``shapes``."""
+    import torch
+
+    from .torch import from_spec
+
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=generator).to(device) for s in shapes]
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+
+    def backward(params):  # gradient = the fixed random tensors: no compute worth the name
+        sum((p * g).sum() for p, g in zip(params, grads)).backward()
+
+    # the synthetic backward itself, without Horovod (subtracted from the step's wall time)
+    params = _parameters(shapes, device)
+    plain = torch.optim.SGD(params, lr=0.0)
+    plain_times = []
+    for _ in range(warmup + 5):
+        plain.zero_grad()
+        start = time.perf_counter()
+        backward(params)
+        plain.step()
+        sync()
+        plain_times.append(time.perf_counter() - start)
+    plain_s = float(np.median(plain_times[warmup:]))
+    results: Dict[str, dict] = {}
+    start_all = time.perf_counter()
+    for index, spec in enumerate(specs):
+        per_spec = (budget_s - (time.perf_counter() - start_all)) / (len(specs) - index)
+        compression = from_spec(spec)
+        params = _parameters(shapes, device)  # fresh: Horovod's hooks stay on the parameters they wrap
+        optimizer = hvd.DistributedOptimizer(torch.optim.SGD(params, lr=0.0),
+                                             named_parameters=[(f"p{i}", p) for i, p in enumerate(params)],
+                                             compression=compression)
+        finish = _timed_finish(compression)
+        stats = getattr(compression, "stats", None)
+        codec, walls = [], []
+        step, spec_start = 0, time.perf_counter()
+        while True:
+            before = stats.as_dict() if stats is not None else None
+            finish_before = finish[0]
+            hvd.barrier()
+            start = time.perf_counter()
+            optimizer.zero_grad()
+            backward(params)
+            optimizer.step()
+            sync()
+            wall = time.perf_counter() - start
+            if step >= warmup:
+                walls.append(wall)
+                if stats is not None:
+                    after = stats.as_dict()
+                    own = sum(after[k] - before[k] for k in ("compress_seconds", "decompress_seconds"))
+                    own += finish[0] - finish_before
+                    codec.append(max(0.0, own - (after["wait_seconds"] - before["wait_seconds"])))
+                else:
+                    codec.append(0.0)
+            step += 1
+            done = step >= warmup + min_steps and time.perf_counter() - spec_start >= per_spec
+            if hvd.broadcast_object(done or step >= warmup + 200, 0):
+                break
+        # the slowest rank's median: a synchronous step waits for it
+        codec_s = max(hvd.allgather_object(float(np.median(codec))))
+        wall_s = max(hvd.allgather_object(float(np.median(walls))))
+        results[spec] = {"codec_s": codec_s, "synthetic_step_s": wall_s,
+                         "synthetic_comm_codec_s": max(0.0, wall_s - plain_s), "steps": len(walls)}
+        del optimizer, params
+        gc.collect()
+        if progress:
+            progress(f"codec {index + 1}/{len(specs)}", time.perf_counter() - start_all)
+    return results
+
+
+def measure_compute(hvd, model, batch: Callable, budget_s: float, min_steps: int = 5,
+                    warmup: int = 2) -> float:
+    """Seconds of zero_grad + backward + SGD step without Horovod: the median over steps of the
+    slowest rank's time in that step."""
+    import torch
+
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times, start_all = [], time.perf_counter()
+    step = 0
+    while True:
+        hvd.barrier()
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        batch().backward()
+        optimizer.step()
+        sync()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+        step += 1
+        done = step >= warmup + min_steps and time.perf_counter() - start_all >= budget_s
+        if hvd.broadcast_object(done or step >= warmup + 500, 0):
+            break
+    # a synchronous step waits for the slowest rank *of that step*: the median of per-step maxima
+    every = np.array(hvd.allgather_object(times))
+    return float(np.median(every.max(axis=0)))
+
+
+# ---------------------------------------------------------------------------- model, machine
+def load_object(text: str):
+    """``module:function`` → the function, imported (the current directory is importable)."""
+    module, _, name = text.partition(":")
+    if not module or not name:
+        raise ValueError(f"{text!r} is not module:function")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return getattr(importlib.import_module(module), name)
+
+
+def resolve_model(text: str):
+    """(shapes, torch model or None) from a preset, shapes, a JSON list or ``module:function``."""
+    if ":" in text and not Path(text).is_file():
+        built = load_object(text)()
+        if hasattr(built, "parameters"):
+            shapes = [tuple(p.shape) for p in built.parameters() if p.requires_grad]
+            return shapes, built
+        return [tuple(int(d) for d in s) for s in built], None
+    return advisor.parse_model(text), None
+
+
+def machine_info(hvd, device: str) -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    config = torch.__config__.show()
+    blas = next((line.split("=", 1)[1].strip() for line in config.replace(",", "\n").splitlines()
+                 if "BLAS_INFO" in line), "unknown")
+    controller = "mpi" if hvd.mpi_enabled() else "gloo" if hvd.gloo_enabled() else "unknown"
+    info = {"cpu": cpu, "cores": os.cpu_count(), "blas": blas, "torch_threads": torch.get_num_threads(),
+            "device": device, "controller": controller, "nccl": bool(hvd.nccl_built()),
+            "workers": hvd.size(), "torch": torch.__version__, "platform": platform.platform()}
+    if device != "cpu":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# ---------------------------------------------------------------------------- the program
+def build_fit(network: NetworkFit, workers: int, codec: Dict[str, dict], shapes: Sequence[Shape],
+              compute_s: Optional[float], link_bps: Optional[float], machine: dict,
+              seconds: float) -> Fit:
+    """The advisor's `Fit` from the measurements. With a nominal ``link_bps`` η = B / link;
+    otherwise the fit's bandwidth is the measured B itself (η = 1)."""
+    efficiency = network.bandwidth_bps / link_bps if link_bps else 1.0
+    per_element = dict(Fit().codec_s_per_element)
+    for spec, result in codec.items():
+        name, kw = advisor.parse_spec(spec)
+        t = advisor.traffic(spec, shapes)
+        if spec == "none" or not t.compressed_elements:
+            continue
+        scale = int(kw.get("rank", 1)) * int(kw.get("power_iterations", 1)) if name == "powersgd" else 1
+        per_element[advisor.codec_key(spec)] = result["codec_s"] / (t.compressed_elements * scale)
+    spread = dict(network.spread)
+    source = (f"calibrated by horovod_powersgd.calibrate: {workers} workers, {machine.get('controller')}, "
+              f"{machine.get('device')}, {seconds:.0f} s; network fit median error {network.median_error:.1%}")
+    fit_ = Fit(efficiency=efficiency, latency_s=network.latency_s, codec_s_per_element=per_element,
+               source=source, round_overhead_s=network.round_overhead_s,
+               tensor_overhead_s=network.tensor_overhead_s,
+               bandwidth_bps=link_bps or network.bandwidth_bps, workers=workers,
+               codec_s_per_step={spec: r["codec_s"] for spec, r in codec.items()},
+               codec_shapes=[list(map(int, s)) for s in shapes], compute_s=compute_s,
+               spread=spread, machine=machine)
+    # σ: what a whole Horovod step costs beyond its codec and isolated collectives (hooks, handles,
+    # synchronize, rounds launched from backprop), from the synthetic steps of every spec
+    residuals = [r["synthetic_comm_codec_s"] - advisor.predict(spec, shapes, fit_.bandwidth_bps, workers, 0.0,
+                                                               fit_).step_s
+                 for spec, r in codec.items() if "synthetic_comm_codec_s" in r]
+    if residuals:
+        fit_.step_overhead_s = max(0.0, float(np.median(residuals)))
+        fit_.spread["step_overhead_s"] = [float(v) for v in np.percentile(residuals, [10, 90])]
+    return fit_
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m horovod_powersgd.calibrate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="preset, shapes like 1024x1568,1024, a .json list of shapes, or module:function")
+    p.add_argument("--batch", default=None,
+                   help="module:function(model) → a zero-argument callable returning one batch's loss "
+                        "(measures compute; needs --model module:function building a torch model)")
+    p.add_argument("--compute-ms", type=float, default=None,
+                   help="your measured compute per step, if not measured with --batch")
+    p.add_argument("--out", type=Path, default=Path("calibration.json"), help="the fit file (rank 0 writes it)")
+    p.add_argument("--budget", type=float, default=120.0,
+                   help="seconds for all measurements (default 120; start-up not included)")
+    p.add_argument("--specs", default=";".join(advisor.DEFAULT_SPECS),
+                   help="';'-separated compressor specs whose codec is measured and compared")
+    p.add_argument("--link-rate", default=None,
+                   help="the links' nominal rate (e.g. 10gbit): the fit then also gives η = B_eff / rate")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: torch's)")
+    p.add_argument("--compare-bandwidth", default="100gbit")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import horovod.torch as hvd
+    import torch
+
+    hvd.init()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda":
+        torch.cuda.set_device(hvd.local_rank())
+    rank0 = hvd.rank() == 0
+    if hvd.size() < 2:
+        if rank0:
+            print("calibrate: run it on 2+ ranks under your launcher (horovodrun -np N, mpirun -np N): "
+                  "one process has no network to measure", file=sys.stderr)
+        return 2
+    shapes, model = resolve_model(args.model)
+    if args.batch and model is None:
+        raise SystemExit("calibrate: --batch needs --model module:function that builds a torch model")
+    specs, refused = advisor.available_specs(s.strip() for s in args.specs.split(";") if s.strip())
+    specs = ["none"] + [s for s in specs if s != "none"]
+    # the budget: network 45 %, codec 40 %, compute 15 % (codec gets it without --batch)
+    shares = {"network": 0.45, "codec": 0.40 if args.batch else 0.55, "compute": 0.15 if args.batch else 0.0}
+    started = time.perf_counter()
+    bar = None
+    if rank0 and not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(args.budget), unit="s", desc="calibrate", file=sys.stdout,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s")
+
+    def progress(phase, _elapsed):
+        if bar is not None:
+            bar.set_description(f"calibrate: {phase}")
+            bar.update(min(args.budget, time.perf_counter() - started) - bar.n)
+
+    source = HorovodSource(hvd, device)
+    points = measure_network(source, args.budget * shares["network"], progress=progress)
+    network = fit_network(points, hvd.size())
+    codec = measure_codec(hvd, specs, shapes, device, args.budget * shares["codec"], progress=progress)
+    compute_s = args.compute_ms / 1e3 if args.compute_ms is not None else None
+    if args.batch:
+        progress("compute", 0)
+        compute_s = measure_compute(hvd, model, load_object(args.batch)(model), args.budget * shares["compute"])
+    progress("done", 0)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - started
+    machine = machine_info(hvd, device)
+    link = advisor.parse_rate(args.link_rate) if args.link_rate else None
+    fit_ = build_fit(network, hvd.size(), codec, shapes, compute_s, link, machine, seconds)
+    if rank0:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        record = {**dataclasses.asdict(fit_), "calibration": {
+            "model": args.model, "seconds": seconds, "budget_s": args.budget,
+            "network_median_error": network.median_error, "refused_specs": refused,
+            "codec": codec, "samples": [dataclasses.asdict(p) for p in points]}}
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        print(report(fit_, shapes, args.model, codec, compute_s, args.compare_bandwidth, refused))
+        print(f"\nwrote {args.out} ({seconds:.0f} s); later: python -m horovod_powersgd.advisor --fit {args.out} "
+              f"--model {args.model}" + ("" if compute_s is not None else " --compute-ms <your compute>"))
+    hvd.barrier()
+    return 0
+
+
+def report(fit_: Fit, shapes, model_name: str, codec: Dict[str, dict], compute_s: Optional[float],
+           compare: str, refused: Sequence[str] = ()) -> str:
+    """What calibrate prints: the measured cluster, then the advisor's table and recommendation."""
+    m = fit_.machine
+    bps, workers = fit_.bandwidth_bps, fit_.workers
+    note = "measured" if compute_s is not None else "not measured: communication and codec only (--batch / --compute-ms)"
+    lines = [f"cluster: {workers} workers, {m.get('controller')}, {m.get('device')}"
+             f"{' (' + m['gpu'] + ')' if m.get('gpu') else ''}; {m.get('cpu')}, {m.get('cores')} cores, "
+             f"BLAS {m.get('blas')}, {m.get('torch_threads')} torch thread(s) per rank",
+             f"network: {advisor.describe_fit(fit_)}",
+             f"{model_name}: {sum(map(advisor.numel, shapes)) / 1e6:.2f}M parameters in {len(shapes)} tensors, "
+             f"compute {(compute_s or 0) * 1e3:.1f} ms/step ({note})", ""]
+    rows = advisor.table(shapes, bps, workers, compute_s or 0.0, fit_, list(codec), 1.0,
+                         advisor.parse_rate(compare))
+    lines.append(advisor.format_table(rows, compare))
+    lines += [f"skipped: {s}" for s in refused]
+    lines += ["", advisor.recommendation(rows, bps, workers)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
