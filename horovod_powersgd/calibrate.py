@@ -22,7 +22,9 @@ taking part, in the framework (PyTorch) and on the device you train with:
    the repetitions;
 2. **each compressor's codec cost** for your gradient shapes on your device: every spec the advisor
    compares runs real steps of Horovod's DistributedOptimizer on parameters of your shapes;
-   codec = the compressor's own compress + decompress + end-of-step work, without its waits;
+   codec = the compressor's own compress + decompress + end-of-step work, without its waits (its
+   ``stats``); the same steps' wall time, beyond codec and the fitted collectives, gives the
+   per-step overhead σ of a Horovod step (hooks, handles, rounds launched from backprop);
 3. optionally **your compute time** per step: ``--batch module:function`` gets the model built by
    ``--model module:function`` and returns a zero-argument callable giving one batch's loss; a step
    is zero_grad + backward + SGD, without Horovod (the slowest rank's median).
@@ -288,25 +290,6 @@ def _parameters(shapes: Sequence[Shape], device: str):
     return torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(s, device=device)) for s in shapes])
 
 
-def _timed_finish(compression) -> list:
-    """Wrap the compressor's end-of-step work (`_finish_step`: PowerSGD's second round and the
-    reconstruction) so its wall time can be counted; returns a one-element accumulator."""
-    total = [0.0]
-    original = getattr(compression, "_finish_step", None)
-    if original is None:
-        return total
-
-    def finish():
-        start = time.perf_counter()
-        try:
-            original()
-        finally:
-            total[0] += time.perf_counter() - start
-
-    compression._finish_step = finish
-    return total
-
-
 def measure_codec(hvd, specs: Sequence[str], shapes: Sequence[Shape], device: str, budget_s: float,
                   min_steps: int = 3, warmup: int = 2,
                   progress: Optional[Callable[[str, float], None]] = None) -> Dict[str, dict]:
@@ -344,13 +327,11 @@ def measure_codec(hvd, specs: Sequence[str], shapes: Sequence[Shape], device: st
         optimizer = hvd.DistributedOptimizer(torch.optim.SGD(params, lr=0.0),
                                              named_parameters=[(f"p{i}", p) for i, p in enumerate(params)],
                                              compression=compression)
-        finish = _timed_finish(compression)
         stats = getattr(compression, "stats", None)
         codec, walls = [], []
         step, spec_start = 0, time.perf_counter()
         while True:
             before = stats.as_dict() if stats is not None else None
-            finish_before = finish[0]
             hvd.barrier()
             start = time.perf_counter()
             optimizer.zero_grad()
@@ -362,9 +343,8 @@ def measure_codec(hvd, specs: Sequence[str], shapes: Sequence[Shape], device: st
                 walls.append(wall)
                 if stats is not None:
                     after = stats.as_dict()
-                    own = sum(after[k] - before[k] for k in ("compress_seconds", "decompress_seconds"))
-                    own += finish[0] - finish_before
-                    codec.append(max(0.0, own - (after["wait_seconds"] - before["wait_seconds"])))
+                    # the compressor's own work, end-of-step included, waits excluded (its stats)
+                    codec.append(sum(after[k] - before[k] for k in ("compress_seconds", "decompress_seconds")))
                 else:
                     codec.append(0.0)
             step += 1
