@@ -4,7 +4,7 @@ import pytest
 from tests.launch import LAUNCHERS, run_pytest
 
 FILES = ["tests/tensorflow/distributed/mp_powersgd_tf.py", "tests/tensorflow/distributed/mp_baselines_tf.py",
-         "tests/tensorflow/distributed/mp_keras.py"]
+         "tests/tensorflow/distributed/mp_keras.py", "tests/tensorflow/distributed/mp_reliability_tf.py"]
 
 
 @pytest.mark.parametrize("test_file", FILES)

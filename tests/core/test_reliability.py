@@ -1,0 +1,132 @@
+"""Reliability contract of every compressor, on simulated ranks: the ranks prove they agree on the
+configuration, and a non-finite step leaves all state untouched (decided identically on every rank)."""
+import numpy as np
+import pytest
+
+from horovod_powersgd.core.agreement import ConfigMismatchError
+from horovod_powersgd.core.registry import COMPRESSORS
+from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradients
+
+from tests.core.ranks import random_gradients
+
+SHAPES = {"dense": (16, 10), "bias": (10,)}
+OPTIONS = {"powersgd": {"rank": 2}, "unbiased_lowrank": {"rank": 2}, "signum": {}, "signnorm": {},
+           "topk": {"ratio": 0.1}, "randomk": {"ratio": 0.1}, "fp16": {}, "bf16": {}}
+
+
+def run_ranks(rank_main, size=2):
+    """``rank_main(comm)`` on every simulated rank; an exception is returned, not raised."""
+    def guarded(comm):
+        try:
+            return rank_main(comm)
+        except Exception as exc:  # noqa: BLE001 — the test inspects it
+            return exc
+    return ThreadGroup(size, timeout=30).run(guarded)
+
+
+@pytest.mark.parametrize("knob, values", [("rank", (1, 2)), ("power_iterations", (1, 2)),
+                                          ("warm_start", (True, False)), ("seed", (0, 7)),
+                                          ("start_step", (0, 3))])
+def test_ranks_with_different_knobs_all_raise_naming_the_knob(knob, values):
+    def rank_main(comm):
+        compressor = COMPRESSORS["powersgd"](NumpyBackend(comm), **{knob: values[comm.rank]})
+        reduce_gradients(compressor, random_gradients(SHAPES, comm.rank, 0))
+
+    errors = run_ranks(rank_main)
+    for error in errors:
+        assert isinstance(error, ConfigMismatchError)
+        assert f"{knob}: {values[0]!r} on rank 0, {values[1]!r} on rank 1" in str(error)
+
+
+def test_ranks_with_different_compressor_classes_all_raise():
+    def rank_main(comm):
+        name = ["powersgd", "topk"][comm.rank]
+        compressor = COMPRESSORS[name](NumpyBackend(comm), **OPTIONS[name])
+        reduce_gradients(compressor, random_gradients(SHAPES, comm.rank, 0))
+
+    for error in run_ranks(rank_main):
+        assert isinstance(error, ConfigMismatchError)
+        assert "PowerSGD on rank 0, TopK on rank 1" in str(error)
+
+
+def test_agreement_is_checked_again_after_a_restore():
+    """Rank 1 restores state saved with another seed's compressor ... refused by load_state_dict
+    itself; a restore re-arms the cross-rank check, which passes for identical compressors."""
+    def rank_main(comm):
+        compressor = COMPRESSORS["powersgd"](NumpyBackend(comm), rank=2)
+        reduce_gradients(compressor, random_gradients(SHAPES, comm.rank, 0))
+        assert compressor._agreed
+        compressor.load_state_dict(compressor.state_dict())
+        assert not compressor._agreed
+        reduce_gradients(compressor, random_gradients(SHAPES, comm.rank, 1))
+        return compressor._agreed
+
+    assert run_ranks(rank_main) == [True, True]
+
+
+STATEFUL = ["powersgd", "signum", "signnorm", "topk", "randomk", "unbiased_lowrank"]
+
+
+def without_counters(state):
+    """State that a non-finite step must leave untouched: buffers and warm starts, not step counters."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "step"}
+        return value
+    return strip(state)
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            assert_same_state(a[key], b[key])
+        elif a[key] is None or isinstance(a[key], (str, int, float, bool, list)):
+            assert a[key] == b[key], key
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("bad", ["inf", "nan"])
+@pytest.mark.parametrize("name", STATEFUL)
+def test_a_nonfinite_step_leaves_state_untouched_and_hands_the_overflow_on(name, bad):
+    """Rank 1 alone overflows at step 3. Every rank: the step's result for that tensor is not
+    finite, every buffer is exactly what it was before the step, the step is counted, and training
+    goes on finite afterwards."""
+    def rank_main(comm):
+        compressor = COMPRESSORS[name](NumpyBackend(comm), **OPTIONS[name])
+        outputs, before = [], None
+        for step in range(6):
+            grads = random_gradients(SHAPES, comm.rank, step)
+            if step == 3:
+                before = without_counters(compressor.state_dict())
+                if comm.rank == 1:
+                    grads["dense"][2, 3] = float(bad)
+            outputs.append(reduce_gradients(compressor, grads))
+            if step == 3:
+                after = without_counters(compressor.state_dict())
+        return outputs, before, after, compressor.stats.nonfinite_steps
+
+    for outputs, before, after, nonfinite in run_ranks(rank_main):
+        assert not np.isfinite(outputs[3]["dense"]).all()
+        assert_same_state(before, after)
+        assert nonfinite == 1
+        for step in (0, 1, 2, 4, 5):
+            assert all(np.isfinite(v).all() for v in outputs[step].values()), step
+
+
+@pytest.mark.parametrize("name", ["signnorm", "topk", "randomk", "signum"])
+def test_rescale_state_multiplies_the_buffers(name):
+    def rank_main(comm):
+        compressor = COMPRESSORS[name](NumpyBackend(comm), **OPTIONS[name])
+        reduce_gradients(compressor, random_gradients(SHAPES, comm.rank, 0))
+        before = compressor.state_dict()
+        compressor.set_loss_scale(1024.0)
+        compressor.set_loss_scale(512.0)  # the scaler halved its scale: buffers follow
+        return before, compressor.state_dict()
+
+    for before, after in run_ranks(rank_main):
+        for tensor, state in before["tensors"].items():
+            for field, value in state["slots"].items():
+                expected = value if field == "step" else np.asarray(value) * 0.5
+                np.testing.assert_array_equal(after["tensors"][tensor]["slots"][field], expected)

@@ -1,0 +1,128 @@
+"""Reliability on 2 real ranks (TensorFlow): mismatched compressors are refused on every rank, a
+non-finite step leaves state untouched, and checkpoints follow the model, not its variable names."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from horovod_powersgd.tensorflow import PowerSGD, TopK
+
+from tf_helpers import FixedGradients, local_gradients
+
+SHAPES = {"dense": (32, 24), "bias": (24,)}
+
+
+def test_a_knob_that_differs_between_ranks_is_refused_on_every_rank(hvd):
+    run = FixedGradients(SHAPES).make_step(hvd, PowerSGD(rank=2, seed=[0, 7][hvd.rank()]))
+    # raised while the first step is traced: AutoGraph re-raises it as a StagingError with our message
+    with pytest.raises(Exception, match="ConfigMismatchError: .*seed: 0 on rank 0, 7 on rank 1"):
+        run(local_gradients(SHAPES, hvd.rank(), 0))
+
+
+def state_values(compression):
+    """Every buffer of the state as one flat dict (step counters left out: they advance anyway)."""
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key not in ("step", "shape"):
+                    walk(f"{prefix}/{key}", item)
+        elif value is not None:
+            flat[prefix] = np.asarray(value)
+
+    walk("", compression.state_dict()["tensors"])
+    return flat
+
+
+@pytest.mark.parametrize("make", [lambda: PowerSGD(rank=2), lambda: TopK(ratio=0.1)],
+                         ids=["powersgd", "topk"])
+def test_a_nonfinite_step_leaves_state_untouched(hvd, make):
+    """Horovod reduces each TensorFlow gradient in a tf.cond of its own, so the decision is per
+    tensor: the overflowed tensor's state stays exactly as it was (the finite bias's moves on)."""
+    compression = make()
+    run = FixedGradients(SHAPES).make_step(hvd, compression)
+    for step in range(3):
+        run(local_gradients(SHAPES, hvd.rank(), step))
+    before = state_values(compression)
+    grads = local_gradients(SHAPES, hvd.rank(), 3)
+    if hvd.rank() == 1:
+        grads["dense"][1, 2] = np.inf
+    out = run(grads)
+    assert not np.isfinite(out["dense"]).all()  # handed on: a loss scaler skips the step
+    after = state_values(compression)
+    assert before.keys() == after.keys() and before
+    for key in before:
+        if key.startswith("/dense/"):
+            np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+    assert compression.stats.nonfinite_steps == 1
+    later = run(local_gradients(SHAPES, hvd.rank(), 4))
+    assert all(np.isfinite(v).all() for v in later.values())
+
+
+def make_train_step(hvd, model, compression):
+    opt = keras.optimizers.SGD(0.05)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x) - y))
+        tape = hvd.DistributedGradientTape(tape, compression=compression)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+
+    return opt, step
+
+
+def data(hvd, step):
+    rng = np.random.default_rng([hvd.rank(), step])
+    return rng.standard_normal((16, 16)).astype(np.float32), rng.standard_normal((16, 8)).astype(np.float32)
+
+
+def build_model():
+    """The same architecture every time; Keras gives its layers new names each time."""
+    tf.random.set_seed(0)
+    return keras.Sequential([keras.layers.Dense(24, activation="relu", input_shape=(16,)),
+                             keras.layers.Dense(8)])
+
+
+def test_checkpoint_restores_into_a_rebuilt_model_bit_identically(hvd, tmp_path_factory):
+    """The issue's case: the model is built again in the same process, so Keras names its layers
+    dense_2/dense_3 instead of dense/dense_1. Before: the compressor started fresh silently (weights
+    off by ~1e-2 after 4 steps); now the resumed run equals the uninterrupted one exactly."""
+    path = str(tmp_path_factory.getbasetemp() / f"keras_rank{hvd.rank()}" / "ckpt")
+    model, compression = build_model(), PowerSGD(rank=2)
+    opt, step = make_train_step(hvd, model, compression)
+    for s in range(6):
+        step(*data(hvd, s))
+    saved = tf.train.Checkpoint(model=model, optimizer=opt, compression=compression).write(path)
+    for s in range(6, 10):
+        step(*data(hvd, s))
+    uninterrupted = [w.numpy() for w in model.weights]
+
+    rebuilt, restored = build_model(), PowerSGD(rank=2)
+    assert rebuilt.weights[0].name != model.weights[0].name  # Keras renamed the layers
+    opt, step = make_train_step(hvd, rebuilt, restored)
+    status = tf.train.Checkpoint(model=rebuilt, optimizer=opt, compression=restored).read(saved)
+    for s in range(6, 10):
+        step(*data(hvd, s))
+    status.assert_consumed()
+    for a, b in zip(uninterrupted, rebuilt.weights):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_checkpoint_restored_into_a_smaller_model_fails_loudly(hvd, tmp_path_factory):
+    path = str(tmp_path_factory.getbasetemp() / f"small_rank{hvd.rank()}" / "ckpt")
+    deep = keras.Sequential([keras.layers.Dense(24, input_shape=(16,)), keras.layers.Dense(24),
+                             keras.layers.Dense(24), keras.layers.Dense(8)])
+    compression = PowerSGD(rank=2)
+    _, step = make_train_step(hvd, deep, compression)
+    x, _ = data(hvd, 0)
+    step(x, np.zeros((16, 8), np.float32))
+    saved = tf.train.Checkpoint(compression=compression).write(path)
+
+    shallow, restored = build_model(), PowerSGD(rank=2)
+    tf.train.Checkpoint(compression=restored).read(saved)
+    _, step = make_train_step(hvd, shallow, restored)
+    with pytest.raises(Exception, match=r"grad4_.* match no parameter"):
+        step(*data(hvd, 0))
