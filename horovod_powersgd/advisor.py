@@ -2,28 +2,28 @@
 
     python -m horovod_powersgd.advisor --model resnet18 --bandwidth 10gbit --workers 8
     python -m horovod_powersgd.advisor --model 1024x1568,1024,10x1024 --bandwidth 1gbit --compute-ms 70
+    python -m horovod_powersgd.advisor --fit fit.json     # calibrated on your cluster (`calibrate`)
 
 Model of one step (no overlap of communication with backprop assumed, i.e. pessimistic for all):
 
-    t_step = t_compute + t_codec + Σ_rounds t_round
-    ring all-reduce of S bytes:         t = 2(N−1)/N · S / (η·B) + 2(N−1)·α + β
-    ring all-gather of s bytes per rank: t = (N−1) · s / (η·B) + (N−1)·α + β
+    t_step = t_compute + t_codec + Σ_rounds t_round + σ
+    ring all-reduce of S bytes, k tensors:         t = 2(N−1)/N · S / (η·B) + 2(N−1)·α + β + k·γ
+    ring all-gather of s bytes per rank, k tensors: t = (N−1) · s / (η·B) + (N−1)·α + β + k·γ
 
 B is the per-worker link bandwidth, N the workers, η the fraction of B a collective achieves (TCP and
-framing overhead, Horovod's pipeline), α the network's per-hop latency (a property of *your* network:
-``--latency-us``, default 50 µs) and β the fixed cost of one collective round in the framework
-(Horovod's negotiation and cycle, waking the threads involved). Bytes per step come from each
-compressor's wire format (below, float32 gradients of d elements, a matrix being n×m):
-
-    none     all-reduce 4d                        fp16/bf16  all-reduce 2d
-    powersgd two all-reduce rounds 4nr and 4mr for matrices with nm ≥ 2r(n+m), others 4d in round 1
-    signum   all-gather ⌈d/8⌉ (+ a 4-byte placeholder all-reduce per tensor)
-    topk     all-gather 8k, k = round(ratio·d) (+ placeholder)     randomk  all-reduce 4k
+framing overhead, Horovod's pipeline), α the per-hop latency (``--latency-us``, default 50 µs), β the
+fixed cost of one collective round in the framework (Horovod's negotiation and cycle, waking the
+threads involved), γ the cost of each tensor in a round and σ what a whole Horovod step costs beyond
+that (hooks, handles; γ and σ are 0 unless calibrated). Bytes per round come from each compressor's
+own ``wire_bytes`` (`traffic`): e.g. PowerSGD sends r·n (with the uncompressed tensors) and r·m
+numbers in two rounds, or with ``alternate=True`` one round of r·n or r·m, r(n+m)/2 on average;
+all-gather compressors add a 4-byte placeholder all-reduce per tensor.
 
 t_codec = c·d summed over tensors, with c (seconds per element, per compressor; PowerSGD's scales
 with the rank) fitted from this project's measurements, like η and β (see `fit`). The defaults come
-from ``results/advisor_fit.json`` when present: *this* machine's CPU, one thread per worker — on a
-GPU, scale the codec cost with ``--codec-scale``.
+from ``results/advisor_fit.json`` when present: the benchmark machine's CPU, one thread per worker.
+``--fit PATH`` reads a fit that `horovod_powersgd.calibrate` measured on *your* cluster instead:
+its α, β, γ, σ, bandwidth, workers, compute and the codec of every spec measured on your shapes.
 """
 from __future__ import annotations
 
@@ -196,6 +196,7 @@ class Fit:
     workers: Optional[int] = None  # ranks it was measured with
     codec_s_per_step: Dict[str, float] = dataclasses.field(default_factory=dict)  # spec -> s, on:
     codec_shapes: Optional[List[List[int]]] = None  # … these gradient shapes
+    model: Optional[str] = None  # … of this model (as given to calibrate's --model)
     compute_s: Optional[float] = None  # measured compute per step for codec_shapes' model
     spread: Dict[str, List[float]] = dataclasses.field(default_factory=dict)  # name -> [p10, p90]
     machine: Dict[str, object] = dataclasses.field(default_factory=dict)  # CPU, cores, BLAS, device…
@@ -467,8 +468,9 @@ def describe_fit(fit_: Fit) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m horovod_powersgd.advisor",
                                      description="Predict whether gradient compression pays per step.")
-    parser.add_argument("--model", default="resnet18",
-                        help=f"preset ({', '.join(PRESETS)}), shapes like 1024x1568,1024, or a .json list")
+    parser.add_argument("--model", default=None,
+                        help=f"preset ({', '.join(PRESETS)}), shapes like 1024x1568,1024, or a .json list "
+                             f"(default: the model the --fit was calibrated on, else resnet18)")
     parser.add_argument("--fit", type=Path, default=None,
                         help="a fit file written by `python -m horovod_powersgd.calibrate --out PATH` (default: "
                              "results/advisor_fit.json, fitted by the benchmark on its machine)")
@@ -492,7 +494,11 @@ def main(argv=None) -> int:
     if args.fit is not None and not args.fit.is_file():
         parser.error(f"--fit {args.fit}: no such file")
     fit_ = Fit.load(args.fit if args.fit is not None else FIT_PATH)
-    shapes = parse_model(args.model)
+    if args.model is None and fit_.codec_shapes is not None:
+        args.model, shapes = fit_.model or "calibrated model", [tuple(s) for s in fit_.codec_shapes]
+    else:
+        args.model = args.model or "resnet18"
+        shapes = parse_model(args.model)
     bps = parse_rate(args.bandwidth) if args.bandwidth else (fit_.bandwidth_bps or 10e9)
     workers = args.workers or fit_.workers or 8
     other = parse_rate(args.compare_bandwidth)

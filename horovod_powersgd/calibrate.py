@@ -4,7 +4,7 @@
     mpirun -np 2 python -m horovod_powersgd.calibrate --model mypkg.models:build --batch mypkg.data:loss --out fit.json
     sudo .venv/bin/python -m benchmarks.emulate --rate 1gbit --workers 2 -- \\
         .venv/bin/python -m horovod_powersgd.calibrate --model fashion_cnn --out /tmp/fit.json
-    python -m horovod_powersgd.advisor --fit fit.json --model fashion_cnn      # the same table, later
+    python -m horovod_powersgd.advisor --fit fit.json --bandwidth 10gbit --workers 16   # later, what-ifs
 
 In a bounded time (``--budget``, default 120 s, progress shown on rank 0) it measures, with every rank
 taking part, in the framework (PyTorch) and on the device you train with:
@@ -437,7 +437,7 @@ def machine_info(hvd, device: str) -> dict:
 # ---------------------------------------------------------------------------- the program
 def build_fit(network: NetworkFit, workers: int, codec: Dict[str, dict], shapes: Sequence[Shape],
               compute_s: Optional[float], link_bps: Optional[float], machine: dict,
-              seconds: float) -> Fit:
+              seconds: float, model_name: Optional[str] = None) -> Fit:
     """The advisor's `Fit` from the measurements. With a nominal ``link_bps`` η = B / link;
     otherwise the fit's bandwidth is the measured B itself (η = 1)."""
     efficiency = network.bandwidth_bps / link_bps if link_bps else 1.0
@@ -458,7 +458,7 @@ def build_fit(network: NetworkFit, workers: int, codec: Dict[str, dict], shapes:
                bandwidth_bps=link_bps or network.bandwidth_bps, workers=workers,
                codec_s_per_step={spec: r["codec_s"] for spec, r in codec.items()},
                codec_shapes=[list(map(int, s)) for s in shapes], compute_s=compute_s,
-               spread=spread, machine=machine)
+               spread=spread, machine=machine, model=model_name)
     # σ: what a whole Horovod step costs beyond its codec and isolated collectives (hooks, handles,
     # synchronize, rounds launched from backprop), from the synthetic steps of every spec
     residuals = [r["synthetic_comm_codec_s"] - advisor.predict(spec, shapes, fit_.bandwidth_bps, workers, 0.0,
@@ -545,7 +545,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - started
     machine = machine_info(hvd, device)
     link = advisor.parse_rate(args.link_rate) if args.link_rate else None
-    fit_ = build_fit(network, hvd.size(), codec, shapes, compute_s, link, machine, seconds)
+    fit_ = build_fit(network, hvd.size(), codec, shapes, compute_s, link, machine, seconds, args.model)
     if rank0:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         record = {**dataclasses.asdict(fit_), "calibration": {
@@ -554,8 +554,9 @@ def main(argv=None) -> int:
             "codec": codec, "samples": [dataclasses.asdict(p) for p in points]}}
         args.out.write_text(json.dumps(record, indent=1) + "\n")
         print(report(fit_, shapes, args.model, codec, compute_s, args.compare_bandwidth, refused))
-        print(f"\nwrote {args.out} ({seconds:.0f} s); later: python -m horovod_powersgd.advisor --fit {args.out} "
-              f"--model {args.model}" + ("" if compute_s is not None else " --compute-ms <your compute>"))
+        print(f"\nwrote {args.out} ({seconds:.0f} s); the same table later, or for another link or worker "
+              f"count: python -m horovod_powersgd.advisor --fit {args.out} [--bandwidth 10gbit] [--workers 16]"
+              + ("" if compute_s is not None else " --compute-ms <your compute>"))
     hvd.barrier()
     return 0
 

@@ -95,7 +95,7 @@ def test_largest_size_follows_the_probed_bandwidth():
 def _fit_file(tmp_path, compute_s=0.02):
     network = calibrate.fit_network(calibrate.measure_network(SyntheticCluster(), budget_s=10.0), 2, bootstrap=5)
     codec = {"powersgd:rank=2": {"codec_s": 0.004}, "fp16": {"codec_s": 0.001}}
-    fit = calibrate.build_fit(network, 2, codec, SHAPES, compute_s, None, {"cpu": "test"}, 1.0)
+    fit = calibrate.build_fit(network, 2, codec, SHAPES, compute_s, None, {"cpu": "test"}, 1.0, "tiny")
     path = tmp_path / "fit.json"
     fit.save(path)
     return fit, path
@@ -117,6 +117,9 @@ def test_fit_file_feeds_the_advisor(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "900 Mbit/s per worker, compute 20 ms/step (measured by calibrate)" in out
     assert "Recommendation:" in out and "pays below" in out
+    assert advisor.main(["--fit", str(path), "--bandwidth", "10gbit"]) == 0  # the model: the fit's
+    out = capsys.readouterr().out
+    assert out.startswith("tiny: ") and "10 Gbit/s per worker" in out
     assert advisor.main(["--fit", str(path), "--model", shapes, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["workers"] == 2 and data["bps"] == pytest.approx(9e8)

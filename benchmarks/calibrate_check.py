@@ -1,0 +1,76 @@
+"""Check a calibration against the step benchmark on the same links: the calibrated advisor's predicted
+step time per spec vs the measured one, and whether it ranks the fastest spec correctly.
+
+    .venv/bin/python -m benchmarks.calibrate_check results/benchmark.json \\
+        --fit fashion_mnist=/tmp/fm.json --fit ptb_lstm=/tmp/lstm.json [--markdown]
+
+Each task is predicted from its own fit (`horovod_powersgd.calibrate` with ``--model``/``--batch``
+from `benchmarks.calibrate_tasks`): the fit's link, workers, measured compute and codec.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from horovod_powersgd import advisor
+
+
+def compare(raw: dict, fits: dict, prefix: str = "powersgd") -> dict:
+    rows, fastest = [], []
+    for run in raw["steps"]:
+        fit = fits.get(run["task"])
+        if fit is None:
+            continue
+        shapes = [tuple(s) for s in run["parameter_shapes"]]
+        measured, predicted = {}, {}
+        for r in run["results"]:
+            if "error" in r:
+                continue
+            p = advisor.predict(r["spec"], shapes, fit.bandwidth_bps, run["workers"], fit.compute_s, fit)
+            measured[r["spec"]], predicted[r["spec"]] = r["step_s"], p.step_s
+            rows.append({"task": run["task"], "rate": run["rate"], "spec": r["spec"], "measured_s": r["step_s"],
+                         "measured_compute_s": r["compute_s"], "predicted_s": p.step_s,
+                         "predicted_compute_s": p.compute_s, "error": p.step_s / r["step_s"] - 1})
+        specs = [s for s in measured if s.startswith(prefix)]
+        if specs:
+            fastest.append({"task": run["task"], "rate": run["rate"], "measured": min(specs, key=measured.get),
+                            "predicted": min(specs, key=predicted.get)})
+    errors = [abs(r["error"]) for r in rows if r["spec"].startswith(prefix)]
+    return {"rows": rows, "fastest": fastest, "median_abs_error": float(np.median(errors)) if errors else None}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("benchmark", type=Path, help="benchmark.json written by benchmarks.run")
+    p.add_argument("--fit", action="append", default=[], help="TASK=PATH of a calibration fit")
+    p.add_argument("--markdown", action="store_true")
+    args = p.parse_args(argv)
+    fits = {}
+    for item in args.fit:
+        task, _, path = item.partition("=")
+        fits[task] = advisor.Fit.load(Path(path))
+    result = compare(json.loads(args.benchmark.read_text())["raw"], fits)
+    if args.markdown:
+        print("| task | link | spec | measured ms | predicted ms | error |\n|---|---|---|---:|---:|---:|")
+    for r in result["rows"]:
+        if args.markdown:
+            print(f"| {r['task']} | {r['rate']} | {r['spec']} | {r['measured_s'] * 1e3:.1f} | "
+                  f"{r['predicted_s'] * 1e3:.1f} | {r['error']:+.0%} |")
+        else:
+            print(f"{r['task']:<14}{r['rate']:>8}  {r['spec']:<32} measured {r['measured_s'] * 1e3:7.1f} ms "
+                  f"(compute {r['measured_compute_s'] * 1e3:6.1f})  predicted {r['predicted_s'] * 1e3:7.1f} ms "
+                  f"(compute {r['predicted_compute_s'] * 1e3:6.1f})  {r['error']:+.1%}")
+    for f in result["fastest"]:
+        verdict = "correct" if f["measured"] == f["predicted"] else "WRONG"
+        print(f"fastest PowerSGD spec, {f['task']} at {f['rate']}: measured {f['measured']}, "
+              f"predicted {f['predicted']} ({verdict})")
+    if result["median_abs_error"] is not None:
+        print(f"median |error| over PowerSGD specs and tasks: {result['median_abs_error']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
