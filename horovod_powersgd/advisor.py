@@ -180,13 +180,18 @@ def traffic(spec: str, shapes: Sequence[Shape]) -> Traffic:
 
 
 # ---------------------------------------------------------------------------- time model
+#: built-in codec guesses (seconds per element; PowerSGD's per unit of rank), used for any compressor
+#: a fit has no measurement of
+DEFAULT_CODEC_S_PER_ELEMENT = {"powersgd": 1.5e-9, "unbiased_lowrank": 1.5e-9, "fp16": 1e-9, "bf16": 1e-9,
+                               "signum": 5e-9, "signnorm": 5e-9, "topk": 10e-9, "randomk": 5e-9}
+
+
 @dataclasses.dataclass
 class Fit:
     efficiency: float = 0.85  # η: DESIGN §6 measured 85–96 % of the ring prediction at ≤ 1 Gbit/s
     latency_s: float = 50e-6  # α per hop: the network's, not fitted (the emulated links add none)
-    codec_s_per_element: Dict[str, float] = dataclasses.field(default_factory=lambda: {
-        "powersgd": 1.5e-9, "fp16": 1e-9, "bf16": 1e-9, "signum": 5e-9, "signnorm": 5e-9,
-        "topk": 10e-9, "randomk": 5e-9})  # per element and (PowerSGD) per unit of rank
+    codec_s_per_element: Dict[str, float] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_CODEC_S_PER_ELEMENT))  # per element, (PowerSGD) per unit of rank
     source: str = "built-in defaults (no results/advisor_fit.json)"
     round_overhead_s: float = 1e-3  # β per collective round (framework), fitted
     # --- measured by `horovod_powersgd.calibrate` on the user's cluster (None/empty: not measured)
@@ -269,10 +274,11 @@ ALTERNATE_CODEC_FRACTION = 0.6
 def codec_seconds(spec: str, t: Traffic, fit: Fit, scale: float = 1.0) -> float:
     name, kw = parse_spec(spec)
     key = codec_key(spec)
-    if key in fit.codec_s_per_element:
-        per_element = fit.codec_s_per_element[key]
+    costs = {**DEFAULT_CODEC_S_PER_ELEMENT, **fit.codec_s_per_element}  # a fit may predate a compressor
+    if key in costs:
+        per_element = costs[key]
     else:
-        per_element = fit.codec_s_per_element.get(name, 0.0) * (ALTERNATE_CODEC_FRACTION if key != name else 1.0)
+        per_element = costs.get(name, 0.0) * (ALTERNATE_CODEC_FRACTION if key != name else 1.0)
     if name == "powersgd":
         per_element *= int(kw.get("rank", 1)) * int(kw.get("power_iterations", 1))
     return per_element * t.compressed_elements * scale
