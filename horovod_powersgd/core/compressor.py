@@ -243,6 +243,20 @@ class Compressor:
         self._staged.clear()
         self._step_finite.clear()
 
+    def synchronized_state(self, root: dict) -> dict:
+        """This rank's state after an elastic reset (workers joined or left), from rank 0's
+        `state_dict` ``root``. The rule: everything the ranks share — configuration, step counters,
+        warm-start factors — is rank 0's; what belongs to this process — error buffers, momentum,
+        the gradient mass *its* compression has not yet delivered — is kept where this process has it
+        and zero for a process that just joined (or a tensor it never saw)."""
+        own = self.state_dict()["tensors"] if self._tensors else {}
+        return {**root, "tensors": {name: self._merge_tensor_state(state, own.get(name))
+                                    for name, state in root["tensors"].items()}}
+
+    def _merge_tensor_state(self, root_state: dict, own_state) -> dict:
+        """One tensor's `synchronized_state` (default: nothing per process)."""
+        return root_state
+
     def _export_tensor_state(self, state) -> dict:
         raise NotImplementedError
 

@@ -539,6 +539,10 @@ class PowerSGD(Compressor):
                 **{field: None if getattr(state, field) is None else export_value(b, getattr(state, field))
                    for field in ("q", "p", "error")}}
 
+    def _merge_tensor_state(self, root_state: dict, own_state) -> dict:
+        # the error buffer is this process's; Q, P and the step counter are rank 0's (shared)
+        return {**root_state, "error": None if own_state is None else own_state["error"]}
+
     def _import_tensor_state(self, name: str, value: dict) -> _TensorState:
         state = self._new_state(tuple(value["shape"]))
         b = self.backend

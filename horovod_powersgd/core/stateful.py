@@ -7,6 +7,8 @@ through `Backend.read_state` / `write_state`, and exported exactly for checkpoin
 from __future__ import annotations
 
 import dataclasses
+
+import numpy as np
 from typing import Dict, Tuple
 
 from .backend import compute_dtype
@@ -77,6 +79,13 @@ class StatefulCompressor(Compressor):
         return {"shape": list(state.shape),
                 "slots": {field: int(b.read_state(slot)) if field == "step" else export_value(b, slot)
                           for field, slot in sorted(state.slots.items())}}
+
+    def _merge_tensor_state(self, root_state: dict, own_state) -> dict:
+        slots = dict(root_state["slots"])
+        for field in self.buffers:  # this process's own buffers; zero where it has none
+            mine = None if own_state is None else own_state["slots"].get(field)
+            slots[field] = mine if mine is not None else np.zeros_like(np.asarray(slots[field]))
+        return {**root_state, "slots": slots}
 
     def _import_tensor_state(self, name: str, value: dict) -> TensorState:
         b = self.backend

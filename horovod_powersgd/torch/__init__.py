@@ -30,6 +30,13 @@ class _TorchAdapter:
 _CLASSES = adapt_all(_TorchAdapter, __name__)
 globals().update(_CLASSES)
 
+try:  # hvd.elastic.TorchState(..., compression=c) commits, restores and syncs the compressor
+    from . import elastic as _elastic
+
+    _elastic.register()
+except ImportError:  # Horovod without PyTorch elastic support
+    pass
+
 
 def from_spec(spec: str):
     """A compressor from a string such as ``"powersgd:rank=2"``; ``"none"`` gives Horovod's

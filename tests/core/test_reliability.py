@@ -130,3 +130,30 @@ def test_rescale_state_multiplies_the_buffers(name):
             for field, value in state["slots"].items():
                 expected = value if field == "step" else np.asarray(value) * 0.5
                 np.testing.assert_array_equal(after["tensors"][tensor]["slots"][field], expected)
+
+
+@pytest.mark.parametrize("name", ["powersgd", "topk"])
+def test_elastic_sync_takes_shared_state_from_rank_0_and_keeps_own_error_buffers(name):
+    """The documented rule for a reset: config, step counters and warm-start factors from rank 0;
+    this process's own error buffers kept; zero (or none yet) for a process that just joined."""
+    def rank_main(comm):
+        compressor = COMPRESSORS[name](NumpyBackend(comm), **OPTIONS[name])
+        for step in range(3):
+            reduce_gradients(compressor, random_gradients(SHAPES, comm.rank, step))
+        return compressor.state_dict(), compressor
+
+    (root, _), (own, survivor) = run_ranks(rank_main)
+    merged = survivor.synchronized_state(root)
+    joiner = COMPRESSORS[name](NumpyBackend(None), **OPTIONS[name]).synchronized_state(root)
+    for tensor, state in merged["tensors"].items():
+        if name == "powersgd":
+            assert state["step"] == root["tensors"][tensor]["step"]
+            for field in ("q", "p"):
+                assert_same_state({field: root["tensors"][tensor][field]}, {field: state[field]})
+            assert_same_state({"e": own["tensors"][tensor]["error"]}, {"e": state["error"]})
+            assert joiner["tensors"][tensor]["error"] is None
+        else:
+            np.testing.assert_array_equal(state["slots"]["error"], own["tensors"][tensor]["slots"]["error"])
+            assert not np.any(joiner["tensors"][tensor]["slots"]["error"])
+    survivor.load_state_dict(merged)  # accepted, and the ranks' agreement is checked again
+    assert not survivor._agreed

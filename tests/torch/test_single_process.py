@@ -35,3 +35,12 @@ def test_registered_parameters_are_recognised():
     c = PowerSGD(rank=2).register_parameters([("w", weight)])
     identity = c.backend.identify(weight.grad)
     assert identity.name == "w" and identity.group_size == 1
+
+
+def test_compressors_are_registered_for_horovod_elastic_torch_state():
+    from horovod.torch.elastic.state import _get_handler
+
+    from horovod_powersgd.torch import PowerSGD
+
+    handler = _get_handler(PowerSGD(rank=2))
+    assert handler is not None and type(handler).__name__ == "CompressorStateHandler"
