@@ -6,7 +6,7 @@
 Phases (each a fresh emulated cluster; every job bounded by a timeout):
   1. step time  — `--workers` hosts at `--rate`: every compressor spec on each task (the examples'
      models), then PyTorch DDP without a hook and with ``powerSGD_hook`` at the same ranks;
-  2. scaling    — 2…4 hosts at `--scaling-rate` (≤ 200 Mbit/s so 2 cores keep up, DESIGN §6),
+  2. scaling    — 2…4 hosts at `--scaling-rate` (≤ 200 Mbit/s so 2 cores keep up),
      all-reduce vs all-gather compressors on the Fashion-MNIST CNN;
   3. time-to-accuracy — examples/torch_fashion_mnist.py per spec at `--rate`, accuracy logged every
      `--eval-every` steps; the target is the uncompressed run's final accuracy.
@@ -17,19 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from benchmarks.cluster import ClusterError, Cluster, check, enter_sandbox
+from horovod_powersgd import machine
 
 ROOT = Path(__file__).resolve().parent.parent
-STEP_SPECS = ("none;fp16;powersgd:rank=1;powersgd:rank=2;powersgd:rank=4;signum;"
-              "topk:ratio=0.01;randomk:ratio=0.01")
-SCALING_SPECS = "none;powersgd:rank=2;signum;topk:ratio=0.01;randomk:ratio=0.01"
-TTA_SPECS = "none;powersgd:rank=2;powersgd:rank=1;signum;topk:ratio=0.01"
+SINGLE_ROUND = "powersgd:rank=2,alternate=True"
+STEP_SPECS = ("none;fp16;powersgd:rank=1;powersgd:rank=2;powersgd:rank=4;powersgd:rank=1,alternate=True;"
+              f"{SINGLE_ROUND};powersgd:rank=4,alternate=True;signum;topk:ratio=0.01;randomk:ratio=0.01")
+SCALING_SPECS = f"none;powersgd:rank=2;{SINGLE_ROUND};signum;topk:ratio=0.01;randomk:ratio=0.01"
+TTA_SPECS = f"none;powersgd:rank=2;{SINGLE_ROUND};powersgd:rank=1;signum;topk:ratio=0.01"
 # Signum returns a ±1 vote per element (its own momentum inside): plain SGD with a small step, as its
 # docstring says; the examples' lr 0.05 + momentum 0.9 would be a 0.05-per-weight step.
 TTA_EXTRA_FLAGS = {"signum": ["--lr", "2e-4", "--momentum", "0"]}
@@ -141,8 +142,7 @@ def main(argv=None) -> int:
                 records = [json.loads(line) for line in target.read_text().splitlines()]
                 raw["tta"].append({"spec": spec, "rate": args.rate, "workers": args.workers, "records": records})
 
-    raw["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
-                      "python": platform.python_version(), "smoke": args.smoke,
+    raw["machine"] = {**machine.describe(), "cpus": os.cpu_count(), "smoke": args.smoke,
                       "command": "sudo .venv/bin/python -m benchmarks.run " + " ".join(
                           argv if argv is not None else sys.argv[1:]),
                       "seconds": time.time() - started}

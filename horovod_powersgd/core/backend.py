@@ -142,6 +142,10 @@ class Backend(abc.ABC):
         is ignored) where the framework can, to spare an allocation."""
         return self.matmul(left_t, right_t, transpose_a=True)
 
+    def pad(self, flat, length: int):
+        """A 1-D tensor zero-padded at the end to ``length`` elements."""
+        raise NotImplementedError(f"{type(self).__name__} has no pad")
+
     def add_(self, target, value):
         """``target + value``, in place into ``target`` where the framework can."""
         return target + value

@@ -34,7 +34,8 @@ warm-started from the last, so over two steps the factors track the dominant sub
 classic k = 1 iteration does, with half the rounds and half the bytes per step.
 
 Bytes: classic k·r(n+m) numbers per compressed matrix per step; single-round r·n and r·m on
-alternate steps. Tensors with one dimension and matrices that would not shrink by
+alternate steps, each zero-padded to r·max(n, m) so that Horovod sees one shape per tensor (its
+response cache renegotiates a tensor whose shape changed, which costs extra rounds). Tensors with one dimension and matrices that would not shrink by
 ``min_compression_rate`` go uncompressed.
 
 How the phases map onto Horovod's one-collective hook (docs/design.md, "Phases"):
@@ -163,8 +164,9 @@ class PowerSGD(Compressor):
     wire = Wire("allreduce", "32·k·r(n+m)/(n·m)", biased=True, error_feedback=True,
                 note="k power iterations, each one P and one Q all-reduce; warm start")
     wire_variants = (("alternate=True",
-                      Wire("allreduce", "16·r(n+m)/(n·m)", biased=True, error_feedback=True,
-                           note="one all-reduce per step: P (r·n) and Q (r·m) on alternate steps")),
+                      Wire("allreduce", "32·r·max(n,m)/(n·m)", biased=True, error_feedback=True,
+                           note="one all-reduce per step: P and Q on alternate steps, padded to one "
+                                "shape")),
                      ("error_feedback=False",
                       Wire("allreduce", "32·k·r(n+m)/(n·m)", biased=True, error_feedback=False,
                            note="no memory: what the approximation misses is lost")),
@@ -172,21 +174,17 @@ class PowerSGD(Compressor):
                       Wire("allreduce", "16·k·r(n+m)/(n·m)", biased=True, error_feedback=True,
                            note="P and Q sent in float16, orthogonalized in float32")))
 
-    def wire_bytes(self, shape, dtype: str = "float32", step: Optional[int] = None) -> float:
-        """Bytes this rank sends for one gradient of ``shape`` per step after ``start_step``.
-
-        Single-round: the bytes of compressed step ``step`` (0 sends P), or with ``step=None`` the
-        mean over a P-step and a Q-step (what a timeline shows per step over an even count)."""
+    def wire_bytes(self, shape, dtype: str = "float32") -> int:
+        """Bytes this rank sends for one gradient of ``shape`` per step after ``start_step``
+        (single-round: P or Q, padded to one shape, r·max(n, m) numbers — see `_flat_wire`)."""
         state = self._new_state(tuple(shape))
         if state.matrix is None:
             return numel(shape) * itemsize(dtype)
         n, m = state.matrix
         number = itemsize(self.cfg.wire_dtype or compute_dtype(dtype))
-        if not self.cfg.alternate:
-            return self.cfg.power_iterations * state.rank * (n + m) * number
-        if step is None:
-            return state.rank * (n + m) * number / 2
-        return state.rank * (n if self._sends_p(step) else m) * number
+        if self.cfg.alternate:
+            return state.rank * max(n, m) * number
+        return self.cfg.power_iterations * state.rank * (n + m) * number
 
     def __init__(self, backend: Backend, rank: int = 1, *, power_iterations: int = 1,
                  warm_start: bool = True, error_feedback: bool = True,
@@ -306,12 +304,12 @@ class PowerSGD(Compressor):
         def p_step():  # returns (what to send, left factor r×n, right factor r×m)
             Q_hat = orthogonalize(b, self._q_t(name, state, M, compressed_step, dtype), eps)
             P = b.matmul(Q_hat, M, transpose_b=True)
-            return self._flat_wire(P), P, Q_hat
+            return self._flat_wire(P, state), P, Q_hat
 
         def q_step():
             P_hat = orthogonalize(b, self._p_t(name, state, M, dtype), eps)
             Q = b.matmul(P_hat, M)
-            return self._flat_wire(Q), P_hat, Q
+            return self._flat_wire(Q, state), P_hat, Q
 
         sends_p = self._sends_p(compressed_step)
         if self.cfg.warm_start:
@@ -328,12 +326,16 @@ class PowerSGD(Compressor):
 
             wire, left, right = b.cond(step < self.cfg.start_step, warmup,
                                        lambda: b.cond(sends_p, p_step, q_step))
-            ctx.sent_bytes = self.wire_bytes(ctx.shape, ctx.dtype)  # per-step mean: static here
+            ctx.sent_bytes = self.wire_bytes(ctx.shape, ctx.dtype)  # warm-up aside: static
         ctx.payload = (state, M, step, sends_p, left, right)
         return wire, ctx
 
-    def _flat_wire(self, factor):
-        return self.backend.reshape(self._wire(factor), (-1,))
+    def _flat_wire(self, factor, state: _TensorState):
+        """Single-round: the factor flat, zero-padded to r·max(n, m). One shape for P-steps and
+        Q-steps: Horovod's response cache keys on the shape, and a shape that changed every step
+        would cost every tensor a full renegotiation (extra collective rounds) every step."""
+        b = self.backend
+        return b.pad(b.reshape(self._wire(factor), (-1,)), state.rank * max(state.matrix))
 
     # ------------------------------------------------------------------ phase 2: decompress
     def _decompress(self, reduced, ctx: Ctx):
@@ -359,10 +361,10 @@ class PowerSGD(Compressor):
         reduced = b.cast(reduced, dtype)
 
         def after_p_step():
-            return b.reshape(reduced, (state.rank, n)), right
+            return b.reshape(reduced[:state.rank * n], (state.rank, n)), right
 
         def after_q_step():
-            return left, b.reshape(reduced, (state.rank, m))
+            return left, b.reshape(reduced[:state.rank * m], (state.rank, m))
 
         def low_rank():
             reduced_left, reduced_right = b.cond(sends_p, after_p_step, after_q_step)

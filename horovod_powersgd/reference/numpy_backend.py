@@ -78,6 +78,9 @@ class NumpyBackend(Backend):
     def outer(self, left_t, right_t, out=None):
         return np.matmul(np.transpose(left_t), right_t, out=out)
 
+    def pad(self, flat, length):
+        return np.pad(flat, (0, length - np.shape(flat)[0]))
+
     def add_(self, target, value):
         return np.add(target, value, out=target) if _writable(target, value) else target + value
 

@@ -116,6 +116,9 @@ class TensorFlowBackend(Backend):
     def stack_rows(self, rows):
         return tf.stack(list(rows), axis=0)
 
+    def pad(self, flat, length):
+        return tf.pad(flat, [[0, length - int(flat.shape[0])]])
+
     def matmul(self, a, b, transpose_a=False, transpose_b=False):
         return tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
 

@@ -80,8 +80,12 @@ class TorchBackend(Backend):
 
     def outer(self, left_t, right_t, out=None):
         if out is None:
-            return left_t.t() @ right_t
+            out = torch.empty((left_t.shape[1], right_t.shape[1]), dtype=left_t.dtype,
+                              device=left_t.device)
         return out.addmm_(left_t.t(), right_t, beta=0)  # beta=0: out's old content is ignored
+
+    def pad(self, flat, length):
+        return torch.nn.functional.pad(flat, (0, length - flat.shape[0]))
 
     def add_(self, target, value):
         if target.requires_grad or target.dtype != value.dtype or not target.is_contiguous():

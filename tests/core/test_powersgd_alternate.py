@@ -49,8 +49,8 @@ def test_identical_on_all_ranks_bounded_rank_and_bytes_alternate(size):
         assert np.linalg.matrix_rank(out["conv"].reshape(8, -1)) <= 2
         exact_bias = sum(random_gradients(SHAPES, r, step)["b"] for r in range(size)) / size
         np.testing.assert_allclose(out["b"], exact_bias, rtol=1e-6)
-    # the last step (a Q-step) sent Qᵀ: r·m numbers per matrix, the bias as it is
-    assert results[0][1].stats.last_step.sent == 4 * (2 * 20 + 2 * 27 + 20)
+    # every step sends r·max(n, m) numbers per matrix (P or Q, padded), the bias as it is
+    assert results[0][1].stats.last_step.sent == 4 * (2 * 30 + 2 * 27 + 20)
 
 
 def test_equals_an_independent_numpy_reference():
@@ -205,9 +205,24 @@ def test_power_iterations_with_alternate_is_refused():
         PowerSGD(None, rank=2, alternate="yes")
 
 
-def test_wire_bytes_alternate_between_p_and_q():
+def test_wire_bytes_are_one_padded_factor():
     c = PowerSGD(None, rank=2, alternate=True)
-    assert c.wire_bytes((30, 20), step=0) == 4 * 2 * 30
-    assert c.wire_bytes((30, 20), step=1) == 4 * 2 * 20
-    assert c.wire_bytes((30, 20)) == 4 * 2 * 50 / 2
+    assert c.wire_bytes((30, 20)) == c.wire_bytes((20, 30)) == 4 * 2 * 30
     assert c.wire_bytes((20,)) == 80
+    assert PowerSGD(None, rank=2, alternate=True, wire_dtype="float16").wire_bytes((30, 20)) == 2 * 2 * 30
+
+
+def test_p_steps_and_q_steps_put_one_shape_on_the_wire():
+    shapes = {"w": (30, 20)}
+    def body(comm):
+        c = PowerSGD(NumpyBackend(comm), rank=2, alternate=True)
+        wires = []
+        for s in range(3):
+            grad = random_gradients(shapes, comm.rank, s)["w"]
+            c.backend.name_tensor(grad, "w")
+            wire, ctx = c.compress(grad)
+            wires.append(np.shape(wire))
+            c.decompress(c.backend.wait(c.backend.allreduce_async(wire, "w", ctx.identity)), ctx)
+        return wires
+
+    assert ThreadGroup(2).run(body)[0] == [(60,)] * 3

@@ -52,8 +52,8 @@ def by_formula(label: str) -> tuple:
         n, m = shape[0], d // shape[0]
         matrix = len(shape) > 1
         total += {
-            "powersgd": (4 * kwargs.get("power_iterations", 1) * 2 * (n + m)
-                         / (2 if kwargs.get("alternate") else 1)) if matrix else 4 * d,
+            "powersgd": ((4 * 2 * max(n, m)) if kwargs.get("alternate")
+                         else 4 * kwargs.get("power_iterations", 1) * 2 * (n + m)) if matrix else 4 * d,
             "unbiased_lowrank": 4 * n * 2 if matrix else 4 * d,
             "signum": d / 8,
             "signnorm": d / 8 + 4,

@@ -215,8 +215,8 @@ def test_stats_count_the_bytes(hvd, alternate):
     run_steps(hvd, compression, 2)
     s = compression.stats
     uncompressed = 4 * (64 * 32 + 8 * 36 + 32 + 9)
-    # single-round in a graph: the mean of a P-step and a Q-step per step (exact over step pairs)
-    low_rank = (2 * (64 + 32) + 2 * (8 + 36)) // (2 if alternate else 1)
+    # single-round: P or Q, padded to r·max(n, m); classic: P and Q
+    low_rank = 2 * 64 + 2 * 36 if alternate else 2 * (64 + 32) + 2 * (8 + 36)
     sent = 4 * (low_rank + 32 + 9)
     assert s.steps == 2 and s.last_step.uncompressed == uncompressed and s.last_step.sent == sent
     assert s.total.sent == 2 * sent

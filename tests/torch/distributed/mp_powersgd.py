@@ -111,8 +111,8 @@ def test_stats_count_the_bytes(hvd, alternate):
     run_steps(hvd, compression, 2)
     s = compression.stats
     uncompressed = 4 * (64 * 32 + 8 * 36 + 32 + 9)
-    if alternate:  # step 1 is a Q-step: Qᵀ (r×m) per matrix, the rest as is
-        sent = 4 * (2 * 32 + 2 * 36 + 32 + 9)
+    if alternate:  # P or Q padded to r·max(n, m) per matrix, the rest as is
+        sent = 4 * (2 * 64 + 2 * 36 + 32 + 9)
     else:  # P and Q per matrix, the rest as is
         sent = 4 * (2 * (64 + 32) + 2 * (8 + 36) + 32 + 9)
     assert s.steps == 2

@@ -27,7 +27,7 @@ SPECS = {
     "fp16": "fp16",
     "bf16": "bf16",
 }
-STEPS = 4  # even: the single-round variant's P-steps and Q-steps in equal number
+STEPS = 4  # P-steps and Q-steps of the single-round variant in equal number
 
 
 def main():
