@@ -197,6 +197,7 @@ class Fit:
     # --- measured by `horovod_powersgd.calibrate` on the user's cluster (None/empty: not measured)
     tensor_overhead_s: float = 0.0  # γ: extra cost per tensor fused into a round (negotiation, copies)
     step_overhead_s: float = 0.0  # σ: a Horovod step's cost beyond codec and isolated collectives
+    burst_bytes: float = 0.0  # bytes per round a link sends before its sustained rate applies (token bucket)
     bandwidth_bps: Optional[float] = None  # the link the fit was made on (the advisor's default)
     workers: Optional[int] = None  # ranks it was measured with
     codec_s_per_step: Dict[str, float] = dataclasses.field(default_factory=dict)  # spec -> s, on:
@@ -238,7 +239,8 @@ def allreduce_seconds(nbytes: float, workers: int, bps: float, fit: Fit, tensors
     n = workers
     if n < 2:
         return 0.0
-    return (2 * (n - 1) / n * nbytes * 8 / (fit.efficiency * bps) + 2 * (n - 1) * fit.latency_s
+    sent = max(0.0, 2 * (n - 1) / n * nbytes - fit.burst_bytes)
+    return (sent * 8 / (fit.efficiency * bps) + 2 * (n - 1) * fit.latency_s
             + fit.round_overhead_s + tensors * fit.tensor_overhead_s)
 
 
@@ -246,7 +248,8 @@ def allgather_seconds(nbytes_per_rank: float, workers: int, bps: float, fit: Fit
     n = workers
     if n < 2 or nbytes_per_rank == 0:
         return 0.0
-    return ((n - 1) * nbytes_per_rank * 8 / (fit.efficiency * bps) + (n - 1) * fit.latency_s
+    sent = max(0.0, (n - 1) * nbytes_per_rank - fit.burst_bytes)
+    return (sent * 8 / (fit.efficiency * bps) + (n - 1) * fit.latency_s
             + fit.round_overhead_s + tensors * fit.tensor_overhead_s)
 
 
@@ -462,6 +465,8 @@ def describe_fit(fit_: Fit) -> str:
             f"β={fit_.round_overhead_s * 1e3:.2f} ms/round{spread('round_overhead_s', 'ms', lambda v: v * 1e3)}")
     if fit_.tensor_overhead_s:
         text += f", γ={fit_.tensor_overhead_s * 1e6:.0f} µs/tensor{spread('tensor_overhead_s', 'us', lambda v: v * 1e6)}"
+    if fit_.burst_bytes:
+        text += f", burst={fit_.burst_bytes / 1e3:.0f} kB/round{spread('burst_bytes', 'kB', lambda v: v / 1e3)}"
     if fit_.step_overhead_s:
         text += f", σ={fit_.step_overhead_s * 1e3:.1f} ms/step{spread('step_overhead_s', 'ms', lambda v: v * 1e3)}"
     if fit_.bandwidth_bps:

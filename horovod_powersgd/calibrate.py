@@ -167,9 +167,16 @@ class NetworkFit:
     tensor_overhead_s: float  # γ per tensor in a round
     spread: Dict[str, List[float]]  # parameter → [10th, 90th] percentile over bootstrap refits
     median_error: float  # median |relative error| of the fit over the measurement points
+    burst_bytes: float = 0.0  # bytes per round a link lets through before its sustained rate applies
 
 
-COLUMNS = ("inverse_bandwidth", "latency_s", "round_overhead_s", "tensor_overhead_s")
+COLUMNS = ("inverse_bandwidth", "latency_s", "round_overhead_s", "tensor_overhead_s", "burst_bytes")
+
+
+def round_seconds(coef, op: str, nbytes: float, tensors: int, rounds: int, workers: int) -> float:
+    """The fitted model's time for one measurement (coef as `_solve` returns it)."""
+    bits, hops, _, _ = design_row(op, nbytes / rounds, tensors, 1, workers)
+    return (max(0.0, bits - 8 * coef[4]) * coef[0] + hops * coef[1] + coef[2]) * rounds + tensors * coef[3]
 
 
 def design_row(op: str, nbytes: float, tensors: int, rounds: int, workers: int) -> List[float]:
@@ -197,24 +204,67 @@ def nonnegative_lstsq(A: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x
 
 
-def _solve(points: List[Sample], times: np.ndarray, workers: int) -> np.ndarray:
-    A = np.array([design_row(p.op, p.nbytes, p.tensors, p.rounds, workers) for p in points], dtype=float)
-    w = 1.0 / np.maximum(times, 1e-9)  # relative errors: sizes span four orders of magnitude
+#: points whose bytes are at least this fraction of the largest fix the bandwidth
+LARGE_FRACTION = 1 / 16
+#: points whose transfer term is at most this share of their time fix α, β, γ
+SMALL_SHARE = 0.3
+
+
+def _weighted_nnls(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    w = 1.0 / np.maximum(y, 1e-9)  # relative errors: times span orders of magnitude
     scale = np.abs(A * w[:, None]).max(axis=0)
     scale[scale == 0] = 1.0
-    return nonnegative_lstsq(A * w[:, None] / scale, times * w) / scale
+    return nonnegative_lstsq(A * w[:, None] / scale, y * w) / scale
+
+
+def _solve(points: List[Sample], times: np.ndarray, workers: int) -> np.ndarray:
+    """(1/B, α, β, γ, burst bytes) in two stages. The bandwidth is the slope of time over bytes among the largest
+    single-round transfers, each kind of round (collective, tensors) with its own intercept: sustained
+    throughput, which a link's burst allowance (a NIC's token bucket, switch buffers) does not
+    flatter. Then α, β, γ from the points the transfer term hardly touches, with B fixed, and the
+    burst (bytes a round gets through before the sustained rate applies: a token bucket's, as the
+    emulated links' tc tbf has) from how far the large rounds' intercepts fall below α, β, γ."""
+    A = np.array([design_row(p.op, p.nbytes, p.tensors, p.rounds, workers) for p in points], dtype=float)
+    largest = max(p.nbytes for p in points)
+    large = [i for i, p in enumerate(points) if p.nbytes >= largest * LARGE_FRACTION and p.rounds == 1]
+    kinds = sorted({(points[i].op, points[i].tensors, points[i].fused) for i in large})
+    X = np.array([[A[i, 0]] + [float((points[i].op, points[i].tensors, points[i].fused) == k) for k in kinds]
+                  for i in large])
+    inverse_bandwidth = 0.0
+    if len({points[i].nbytes for i in large}) >= 2:
+        # intercepts unconstrained: a burst allowance makes them negative
+        w = 1.0 / np.maximum(times[large], 1e-9)
+        scale = np.abs(X * w[:, None]).max(axis=0)
+        scale[scale == 0] = 1.0
+        coef, *_ = np.linalg.lstsq(X * w[:, None] / scale, times[large] * w, rcond=None)
+        inverse_bandwidth = float(coef[0] / scale[0])
+    if inverse_bandwidth <= 0:  # no usable slope: all points at once
+        return np.concatenate([_weighted_nnls(A, times), [0.0]])
+    intercepts = {kind: coef[1 + j] / scale[1 + j] for j, kind in enumerate(kinds)}
+    burst_bits = 0.0
+    for _ in range(3):  # α, β, γ from the points the transfer hardly touches; then the burst; again
+        transfer = np.maximum(A[:, 0] - burst_bits, 0.0) * inverse_bandwidth
+        small = [i for i in range(len(points)) if transfer[i] <= SMALL_SHARE * times[i]]
+        if len(small) < 3:
+            small = list(range(len(points)))
+        alpha, beta, gamma = _weighted_nnls(A[small][:, 1:], np.maximum(times[small] - transfer[small], 0.0))
+        # a burst allowance: the large rounds' intercepts fall short of α, β, γ by burst / B
+        shortfall = [c - (design_row(op, 0, tensors, 1, workers)[1] * alpha + beta + tensors * gamma)
+                     for (op, tensors, _fused), c in intercepts.items()]
+        burst_bits = max(0.0, -float(np.median(shortfall)) / inverse_bandwidth)
+    return np.array([inverse_bandwidth, alpha, beta, gamma, burst_bits / 8])
 
 
 def fit_network(points: List[Sample], workers: int, bootstrap: int = 200, seed: int = 0) -> NetworkFit:
-    """Fit (B, α, β, γ) to the per-point medians; spread from refits on bootstrap resamples."""
+    """Fit (B, α, β, γ, burst) to the per-point medians; spread from refits on bootstrap resamples."""
     if workers < 2:
         raise ValueError("the network fit needs at least 2 ranks")
     medians = np.array([np.median(p.seconds) for p in points])
     coef = _solve(points, medians, workers)
     if coef[0] <= 0:
         raise ValueError("the fit found no bandwidth term: the largest transfers were too small to time")
-    A = np.array([design_row(p.op, p.nbytes, p.tensors, p.rounds, workers) for p in points])
-    error = float(np.median(np.abs(A @ coef / medians - 1)))
+    model = np.array([round_seconds(coef, p.op, p.nbytes, p.tensors, p.rounds, workers) for p in points])
+    error = float(np.median(np.abs(model / medians - 1)))
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(bootstrap):
@@ -226,7 +276,8 @@ def fit_network(points: List[Sample], workers: int, bootstrap: int = 200, seed: 
         values = 1.0 / draws[:, 0][draws[:, 0] > 0] if i == 0 else draws[:, i]
         low, high = np.percentile(values, [10, 90]) if len(values) else (math.nan, math.nan)
         spread["effective_bps" if i == 0 else name] = [float(low), float(high)]
-    return NetworkFit(1.0 / float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), spread, error)
+    return NetworkFit(1.0 / float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), spread, error,
+                      float(coef[4]))
 
 
 # ---------------------------------------------------------------------------- Horovod (PyTorch)
@@ -454,7 +505,7 @@ def build_fit(network: NetworkFit, workers: int, codec: Dict[str, dict], shapes:
               f"{machine.get('device')}, {seconds:.0f} s; network fit median error {network.median_error:.1%}")
     fit_ = Fit(efficiency=efficiency, latency_s=network.latency_s, codec_s_per_element=per_element,
                source=source, round_overhead_s=network.round_overhead_s,
-               tensor_overhead_s=network.tensor_overhead_s,
+               tensor_overhead_s=network.tensor_overhead_s, burst_bytes=network.burst_bytes,
                bandwidth_bps=link_bps or network.bandwidth_bps, workers=workers,
                codec_s_per_step={spec: r["codec_s"] for spec, r in codec.items()},
                codec_shapes=[list(map(int, s)) for s in shapes], compute_s=compute_s,
@@ -470,10 +521,28 @@ def build_fit(network: NetworkFit, workers: int, codec: Dict[str, dict], shapes:
     return fit_
 
 
+def refit(path: Path) -> Fit:
+    """Re-analyse a fit file's raw samples and synthetic steps with this version's fitting (no
+    Horovod, no measurement): ``python -m horovod_powersgd.calibrate --refit old.json --out new.json``."""
+    data = json.loads(Path(path).read_text())
+    cal = data["calibration"]
+    points = [Sample(**p) for p in cal["samples"]]
+    network = fit_network(points, data["workers"])
+    shapes = [tuple(s) for s in data["codec_shapes"]]
+    link = data["bandwidth_bps"] if data.get("efficiency", 1.0) != 1.0 else None
+    return build_fit(network, data["workers"], cal["codec"], shapes, data.get("compute_s"), link,
+                     data.get("machine", {}), cal.get("seconds", 0.0), data.get("model") or cal.get("model"))
+
+
+def write_fit(fit_: Fit, out: Path, calibration: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**dataclasses.asdict(fit_), "calibration": calibration}, indent=1) + "\n")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m horovod_powersgd.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
+    p.add_argument("--model", default=None,
                    help="preset, shapes like 1024x1568,1024, a .json list of shapes, or module:function")
     p.add_argument("--batch", default=None,
                    help="module:function(model) → a zero-argument callable returning one batch's loss "
@@ -491,11 +560,25 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: torch's)")
     p.add_argument("--compare-bandwidth", default="100gbit")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--refit", type=Path, default=None,
+                   help="re-analyse the raw samples of a fit file written before (no Horovod) and write --out")
+    args = p.parse_args(argv)
+    if args.model is None and args.refit is None:
+        p.error("--model is required")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.refit is not None:
+        fit_ = refit(args.refit)
+        calibration = json.loads(args.refit.read_text())["calibration"]
+        write_fit(fit_, args.out, calibration)
+        shapes = [tuple(s) for s in fit_.codec_shapes]
+        print(report(fit_, shapes, fit_.model or "model", calibration["codec"], fit_.compute_s,
+                     args.compare_bandwidth))
+        print(f"\nwrote {args.out} (re-analysed {args.refit})")
+        return 0
     import horovod.torch as hvd
     import torch
 
@@ -547,12 +630,10 @@ def main(argv=None) -> int:
     link = advisor.parse_rate(args.link_rate) if args.link_rate else None
     fit_ = build_fit(network, hvd.size(), codec, shapes, compute_s, link, machine, seconds, args.model)
     if rank0:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {**dataclasses.asdict(fit_), "calibration": {
+        write_fit(fit_, args.out, {
             "model": args.model, "seconds": seconds, "budget_s": args.budget,
             "network_median_error": network.median_error, "refused_specs": refused,
-            "codec": codec, "samples": [dataclasses.asdict(p) for p in points]}}
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
+            "codec": codec, "samples": [dataclasses.asdict(p) for p in points]})
         print(report(fit_, shapes, args.model, codec, compute_s, args.compare_bandwidth, refused))
         print(f"\nwrote {args.out} ({seconds:.0f} s); the same table later, or for another link or worker "
               f"count: python -m horovod_powersgd.advisor --fit {args.out} [--bandwidth 10gbit] [--workers 16]"

@@ -1,5 +1,6 @@
 """horovod_powersgd.calibrate: the network fit on a synthetic cluster, the fit file the advisor reads,
 and a real 2-rank calibration under horovodrun --gloo and mpirun."""
+import dataclasses
 import json
 import sys
 
@@ -17,15 +18,16 @@ class SyntheticCluster(calibrate.TimingSource):
     """Times from known α, β, γ and bandwidth (a ring on ``size`` ranks), with multiplicative noise;
     a virtual clock, so the time budget is spent on simulated time."""
 
-    def __init__(self, size=2, alpha=80e-6, beta=2e-3, gamma=150e-6, bps=9e8, noise=0.0, seed=0):
+    def __init__(self, size=2, alpha=80e-6, beta=2e-3, gamma=150e-6, bps=9e8, noise=0.0, seed=0, burst=0):
         self.size, self.alpha, self.beta, self.gamma, self.bps = size, alpha, beta, gamma, bps
+        self.burst = burst  # bytes per round sent at no cost, like a token bucket's burst allowance
         self.noise, self.rng, self.now, self.calls = noise, np.random.default_rng(seed), 0.0, 0
 
     def clock(self):
         return self.now
 
     def _round(self, ring_bytes, hops, tensors):
-        return ring_bytes * 8 / self.bps + hops * self.alpha + self.beta + tensors * self.gamma
+        return max(0, ring_bytes - self.burst) * 8 / self.bps + hops * self.alpha + self.beta + tensors * self.gamma
 
     def _op(self, nbytes, fused, allreduce):
         n = self.size
@@ -55,6 +57,7 @@ def test_fit_recovers_known_latency_overhead_and_bandwidth(size):
     assert fit.latency_s == pytest.approx(80e-6, rel=1e-6)
     assert fit.round_overhead_s == pytest.approx(2e-3, rel=1e-6)
     assert fit.tensor_overhead_s == pytest.approx(150e-6, rel=1e-6)
+    assert fit.burst_bytes == pytest.approx(0.0, abs=1.0)
     assert fit.median_error < 1e-6
 
 
@@ -68,6 +71,16 @@ def test_fit_with_noise_stays_close_and_reports_a_spread():
     assert low < high and low < 1.05 * 9e8 and high > 0.95 * 9e8
     for name in ("latency_s", "round_overhead_s", "tensor_overhead_s"):
         assert fit.spread[name][0] <= fit.spread[name][1]
+
+
+def test_bandwidth_is_the_sustained_rate_not_a_burst_allowance():
+    """A token bucket (the emulated links' tc tbf) lets the first 256 kB of a round through at no
+    cost: the fitted bandwidth must still be the sustained rate that large all-reduces see."""
+    cluster = SyntheticCluster(bps=2e8, burst=256 << 10)
+    fit = calibrate.fit_network(calibrate.measure_network(cluster, budget_s=60.0), 2, bootstrap=10)
+    assert fit.bandwidth_bps == pytest.approx(2e8, rel=1e-6)
+    assert fit.burst_bytes == pytest.approx(256 << 10, rel=1e-3)
+    assert fit.round_overhead_s + 2 * fit.latency_s == pytest.approx(2e-3 + 160e-6, rel=0.02)
 
 
 def test_no_latency_network_fits_zero_latency_not_a_negative_one():
@@ -159,6 +172,19 @@ def test_single_round_powersgd_is_priced_as_one_round():
     fit = Fit(1.0, 0.0, {"powersgd": 1e-9}, "test", 5e-3)
     assert (advisor.predict(specs[0], shapes, 1e9, 2, 0.0, fit).communicate_s
             < advisor.predict("powersgd:rank=2", shapes, 1e9, 2, 0.0, fit).communicate_s)
+
+
+def test_refit_reanalyses_a_fit_file(tmp_path):
+    points = calibrate.measure_network(SyntheticCluster(), budget_s=10.0)
+    network = calibrate.fit_network(points, 2, bootstrap=5)
+    codec = {"none": {"codec_s": 0.0, "synthetic_comm_codec_s": 0.02}}
+    fit = calibrate.build_fit(network, 2, codec, SHAPES, 0.01, None, {"cpu": "test"}, 1.0, "tiny")
+    calibrate.write_fit(fit, tmp_path / "a.json", {"codec": codec, "seconds": 1.0,
+                                                   "samples": [dataclasses.asdict(p) for p in points]})
+    assert calibrate.main(["--refit", str(tmp_path / "a.json"), "--out", str(tmp_path / "b.json")]) == 0
+    again = Fit.load(tmp_path / "b.json")
+    assert again.bandwidth_bps == pytest.approx(fit.bandwidth_bps) and again.model == "tiny"
+    assert again.step_overhead_s == pytest.approx(fit.step_overhead_s) and again.step_overhead_s > 0
 
 
 def test_model_from_module_function():
