@@ -188,7 +188,7 @@ DEFAULT_CODEC_S_PER_ELEMENT = {"powersgd": 1.5e-9, "unbiased_lowrank": 1.5e-9, "
 
 @dataclasses.dataclass
 class Fit:
-    efficiency: float = 0.85  # η: DESIGN §6 measured 85–96 % of the ring prediction at ≤ 1 Gbit/s
+    efficiency: float = 0.85  # η: the benchmark measured 85–96 % of the ring prediction at ≤ 1 Gbit/s
     latency_s: float = 50e-6  # α per hop: the network's, not fitted (the emulated links add none)
     codec_s_per_element: Dict[str, float] = dataclasses.field(
         default_factory=lambda: dict(DEFAULT_CODEC_S_PER_ELEMENT))  # per element, (PowerSGD) per unit of rank
@@ -342,7 +342,7 @@ def fit(measurements: Iterable[dict], base: Optional[Fit] = None, max_workers: i
     X = the ideal transfer time of the spec's rounds (η = 1), R = its number of collective rounds,
     H = its hop count. Only runs with ≤ ``max_workers`` workers are fitted: on this 2-core machine
     more workers share cores, which adds CPU contention the network model must not absorb
-    (DESIGN.md §6); the benchmark still reports the prediction error for them.
+    (measured by the benchmark); it still reports the prediction error for them.
     Codec costs: the median over measurements of codec_s / (elements × rank).
     """
     import numpy as np
