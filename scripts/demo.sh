@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone: set up (a no-op when done), then train the Fashion-MNIST CNN on
-# 2 Horovod ranks twice — uncompressed and with rank-2 PowerSGD — and print what a user cares about.
+# 2 Horovod ranks three times — uncompressed, rank-2 PowerSGD (two all-reduces per step) and its
+# single-round variant (one) — and print what a user cares about.
 #
 # As root (where network namespaces are allowed) the two ranks talk over an emulated 1 Gbit/s link
-# per worker (benchmarks/cluster.py, DESIGN.md §6), the regime where compression matters; otherwise
+# per worker (benchmarks/cluster.py, docs/design.md), the regime where compression matters; otherwise
 # over this machine's loopback (several Gbit/s: expect little or no speed-up there).
 #   DEMO_RATE=200mbit bash scripts/demo.sh      # another link speed
 #   DEMO_EPOCHS=1 DEMO_TRAIN_LIMIT=20000 …      # shorter run (default: 2 epochs of all 60k images)
@@ -35,10 +36,11 @@ else
   echo "==> [demo] 2 workers over loopback (not root or no namespaces: no slow link to emulate)"
 fi
 
-for SPEC in none powersgd:rank=2; do
+SPECS=(none "powersgd:rank=2" "powersgd:rank=2,alternate=True")
+for SPEC in "${SPECS[@]}"; do
   echo "==> [demo] training with --compression $SPEC"
   ARGS=(examples/torch_fashion_mnist.py --compression "$SPEC" --epochs "$EPOCHS"
-        --train-limit "$LIMIT" --test-limit 10000 --json "$OUT/${SPEC//[:=]/_}.jsonl")
+        --train-limit "$LIMIT" --test-limit 10000 --json "$OUT/${SPEC//[:=,]/_}.jsonl")
   if [ "$NETWORK" = emulated ]; then
     flock "$LOCK" "$PY" -m benchmarks.emulate --rate "$RATE" --workers 2 -- "$PY" "${ARGS[@]}" --no-progress \
       | grep -E '^(epoch|test)' || { echo "demo: the $SPEC run failed" >&2; exit 1; }
@@ -48,19 +50,24 @@ for SPEC in none powersgd:rank=2; do
   fi
 done
 
-"$PY" - "$OUT" "$NETWORK" "$RATE" <<'EOF'
-import json, sys
+"$PY" - "$OUT" "$NETWORK" "$RATE" "${SPECS[@]}" <<'EOF'
+import json, re, sys
 from pathlib import Path
-out, network, rate = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+from horovod_powersgd import machine
+
+out, network, rate, specs = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 rows = {}
-for spec, name in (("none", "none.jsonl"), ("powersgd:rank=2", "powersgd_rank_2.jsonl")):
+for spec in specs:
+    name = re.sub(r"[:=,]", "_", spec) + ".jsonl"
     rows[spec] = [json.loads(l) for l in (out / name).read_text().splitlines() if '"final"' in l][-1]
 base = rows["none"]["train_seconds"]
 link = f"emulated {rate} per worker" if network == "emulated" else "loopback"
-print(f"\nFashion-MNIST CNN, 2 workers ({link}), {rows['none']['epoch'] + 1} epoch(s):\n")
-print(f"{'compression':<18}{'test acc':>9}{'train s':>9}{'speed-up':>10}{'MB sent/rank':>14}{'ratio':>8}")
+print(f"\nFashion-MNIST CNN, 2 workers ({link}), {rows['none']['epoch'] + 1} epoch(s)")
+print(f"on {machine.one_line(machine.describe())}:\n")
+print(f"{'compression':<32}{'test acc':>9}{'train s':>9}{'speed-up':>10}{'MB sent/rank':>14}{'ratio':>8}")
 for spec, r in rows.items():
-    print(f"{spec:<18}{r['test_accuracy']:>9.4f}{r['train_seconds']:>9.1f}{base / r['train_seconds']:>9.2f}×"
+    print(f"{spec:<32}{r['test_accuracy']:>9.4f}{r['train_seconds']:>9.1f}{base / r['train_seconds']:>9.2f}×"
           f"{r['sent_bytes'] / 1e6:>14.1f}{r['compression_ratio']:>7.0f}×")
 EOF
 rm -rf "$OUT"
