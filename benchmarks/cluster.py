@@ -1,5 +1,5 @@
 """An emulated cluster on one machine: one network namespace per worker, rate-limited links, Horovod
-workers started without ssh (DESIGN.md §6).
+workers started without ssh (docs/design.md, "Emulated cluster").
 
 Layout (everything lives inside a private ``unshare -nm --propagation private`` sandbox, so nothing
 touches the host's network or mounts; tearing down is the sandbox's processes exiting):

@@ -104,7 +104,7 @@ def main(argv=None):
     import _common
 
     hvd = _common.init_horovod()
-    torch.set_num_threads(1)  # one compute thread per worker (DESIGN §6): 2 cores, up to 4 workers
+    torch.set_num_threads(1)  # one compute thread per worker (docs/design.md): 2 cores, up to 4 workers
     task = TASKS[args.task](hvd.rank(), tiny=args.tiny)
 
     # ---- compute only: the same model and data with a plain optimizer (no hooks, no collectives)

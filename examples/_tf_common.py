@@ -2,7 +2,7 @@
 CNN (tf-keras), per-rank checkpoints and the distributed accuracy.
 
 Horovod 0.28.1 needs tf-keras (Keras 2) variables: ``TF_USE_LEGACY_KERAS=1`` is set here before
-TensorFlow is imported (DESIGN.md §4), so import this module first.
+TensorFlow is imported (docs/design.md, "Building Horovod"), so import this module first.
 """
 from __future__ import annotations
 
