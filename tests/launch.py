@@ -54,9 +54,12 @@ def worker_env(extra=None) -> dict:
     return env
 
 
-def command(launcher: str, np: int, argv: list) -> list:
+def command(launcher: str, np: int, argv: list, launcher_args=()) -> list:
+    """The launch command; ``launcher_args`` are extra horovodrun options (e.g. `elastic_args`)."""
     if launcher == "gloo":
-        return [str(BIN / "horovodrun"), "-np", str(np), "--gloo", *argv]
+        return [str(BIN / "horovodrun"), "-np", str(np), *launcher_args, "--gloo", *argv]
+    if launcher_args:
+        raise ValueError(f"launcher options {launcher_args} are for horovodrun (gloo) only")
     if launcher == "mpi":
         return ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
                 "--mca", "btl_vader_single_copy_mechanism", "none", "-np", str(np),
@@ -66,9 +69,19 @@ def command(launcher: str, np: int, argv: list) -> list:
     raise ValueError(f"unknown launcher {launcher!r}")
 
 
-def run(launcher: str, argv: list, np: int = 2, timeout: float = 300, env=None):
+def elastic_args(discovery_script, min_np: int, max_np: int, timeout: int = 60) -> list:
+    """horovodrun options for an elastic job on this machine. ``--network-interface lo`` is what
+    makes it start at all: without it, horovodrun looks for network interfaces common to two hosts
+    and waits for a second host to appear — silently, up to the elastic timeout (600 s by
+    default). ``--elastic-timeout`` bounds every later wait for slots the same way."""
+    return ["--min-np", str(min_np), "--max-np", str(max_np),
+            "--host-discovery-script", str(discovery_script),
+            "--network-interface", "lo", "--elastic-timeout", str(timeout)]
+
+
+def run(launcher: str, argv: list, np: int = 2, timeout: float = 300, env=None, launcher_args=()):
     """Run ``argv`` on ``np`` processes; returns (exit code, combined output). rc -9 = timed out."""
-    cmd = command(launcher, np, argv)
+    cmd = command(launcher, np, argv, launcher_args)
     with machine_lock():
         start = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(env), stdout=subprocess.PIPE,

@@ -39,3 +39,14 @@ def test_rank_from_each_launcher(monkeypatch, variable):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(variable, "3")
     assert launcher_rank() == 3
+
+
+def test_elastic_options_go_to_horovodrun_only():
+    from tests.launch import command, elastic_args
+
+    options = elastic_args("discover.sh", min_np=1, max_np=2)
+    cmd = command("gloo", 2, ["python", "train.py"], options)
+    assert cmd[3:-3] == options and cmd[-3:] == ["--gloo", "python", "train.py"]
+    assert options[options.index("--network-interface") + 1] == "lo"  # else it waits for a 2nd host
+    with pytest.raises(ValueError, match="gloo"):
+        command("mpi", 2, ["python", "train.py"], options)
