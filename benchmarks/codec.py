@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from benchmarks.step_worker import compressed_parameters, copy_seconds
 from benchmarks.tasks import TASKS
 from horovod_powersgd import machine
 
@@ -72,19 +73,8 @@ def codec_in_copies(task_name: str, spec: str, steps: int = 20) -> dict:
         step(i)
     after = compression.stats.as_dict()
     codec = sum(after[k] - before[k] for k in ("compress_seconds", "decompress_seconds")) / steps
-    compressed = [name for name, p in model.named_parameters()
-                  if getattr(compression._tensors.get(name), "matrix", None) is not None]
-    copies, targets = [], None
-    for i in range(11):  # one memcpy of those gradients, right after a backward pass
-        model.zero_grad()
-        task.loss(model, i).backward()
-        grads = [p.grad for name, p in model.named_parameters() if name in compressed]
-        targets = targets or [torch.empty_like(g) for g in grads]
-        start = time.perf_counter()
-        for target, grad in zip(targets, grads):
-            target.copy_(grad)
-        copies.append(time.perf_counter() - start)
-    copy = statistics.median(copies)
+    copy = copy_seconds(model, compressed_parameters(model, compression),
+                        lambda i: task.loss(model, i).backward())
     return {"spec": spec, "codec_ms": codec * 1e3, "copy_ms": copy * 1e3, "copies": codec / copy}
 
 

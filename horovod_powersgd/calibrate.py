@@ -54,7 +54,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import advisor
+from . import advisor, machine
 from .advisor import Fit, Shape
 
 #: float32 elements; the network phase's smallest tensor
@@ -467,15 +467,7 @@ def resolve_model(text: str):
 def machine_info(hvd, device: str) -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    config = torch.__config__.show()
-    blas = next((line.split("=", 1)[1].strip() for line in config.replace(",", "\n").splitlines()
-                 if "BLAS_INFO" in line), "unknown")
+    cpu, blas = machine.cpu_model(), machine.torch_blas()
     controller = "mpi" if hvd.mpi_enabled() else "gloo" if hvd.gloo_enabled() else "unknown"
     info = {"cpu": cpu, "cores": os.cpu_count(), "blas": blas, "torch_threads": torch.get_num_threads(),
             "device": device, "controller": controller, "nccl": bool(hvd.nccl_built()),
