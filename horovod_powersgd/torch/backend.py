@@ -73,11 +73,9 @@ class TorchBackend(Backend):
     def stack_rows(self, rows):
         return torch.stack(list(rows), dim=0)
 
-    # Products: the forms below are the fast ones measured with MKL on AVX2 (README, "Codec cost"):
-    # a product written into a fresh or ``out=`` tensor ran 2-4x slower than the in-place ``addmm_``.
-    def matmul(self, a, b, transpose_a=False, transpose_b=False):
-        return (a.t() if transpose_a else a) @ (b.t() if transpose_b else b)
-
+    # Products: the forms below are the fast ones measured with MKL on AVX2 (README, "The codec at
+    # the memory floor"): `P @ Q.t()` or `torch.mm(..., out=)` ran up to 2x slower than ``addmm_``.
+    # `matmul` is the base class's: ``.t()`` is a view, so BLAS gets a transpose flag, not a copy.
     def outer(self, left_t, right_t, out=None):
         if out is None:
             out = torch.empty((left_t.shape[1], right_t.shape[1]), dtype=left_t.dtype,
