@@ -15,9 +15,12 @@ framing overhead, Horovod's pipeline), α the per-hop latency (``--latency-us``,
 fixed cost of one collective round in the framework (Horovod's negotiation and cycle, waking the
 threads involved), γ the cost of each tensor in a round and σ what a whole Horovod step costs beyond
 that (hooks, handles; γ and σ are 0 unless calibrated). Bytes per round come from each compressor's
-own ``wire_bytes`` (`traffic`): e.g. PowerSGD sends r·n (with the uncompressed tensors) and r·m
-numbers in two rounds, or with ``alternate=True`` one round of r·n or r·m, r(n+m)/2 on average;
-all-gather compressors add a 4-byte placeholder all-reduce per tensor.
+own ``transfers`` (`traffic`): which collective, how many bytes and in which round, per gradient,
+fused into rounds as Horovod runs them (`horovod_powersgd.core.wire`). E.g. classic PowerSGD sends
+r·n numbers (with the uncompressed tensors) and r·m in two all-reduce rounds, ``alternate=True`` one
+round of r·max(n, m) (P or Q, padded to one shape); all-gather compressors all-gather their messages
+(SignNorm: signs and a scale, top-k: values and indices) next to a 4-byte placeholder all-reduce per
+tensor, i.e. two rounds.
 
 t_codec = c·d summed over tensors, with c (seconds per element, per compressor; PowerSGD's scales
 with the rank) fitted from this project's measurements, like η and β (see `fit`). The defaults come
@@ -34,6 +37,10 @@ import math
 import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .core import wire
+from .core.registry import build, parse_spec
+from .core.wire import Round
 
 FIT_PATH = Path(__file__).resolve().parent.parent / "results" / "advisor_fit.json"
 Shape = Tuple[int, ...]
@@ -103,80 +110,41 @@ def parse_model(text: str) -> List[Shape]:
 # ---------------------------------------------------------------------------- wire formats
 @dataclasses.dataclass
 class Traffic:
-    """Bytes one rank hands to collectives in one step, by round."""
+    """What one rank hands to collectives in one step: the fused rounds (`core.wire.fuse` of every
+    gradient's `transfers`), and how many elements went through a codec."""
 
-    allreduce_rounds: List[int]  # bytes per all-reduce round (each round = one fused collective)
-    allgather_bytes: int = 0  # bytes per rank all-gathered (one fused round)
-    compressed_elements: int = 0  # elements that went through a compressor's codec
-    tensors: Optional[List[int]] = None  # tensors fused into each all-reduce round (default 1 each)
-    allgather_tensors: int = 0  # tensors fused into the all-gather round
+    rounds: List[Round]
+    compressed_elements: int = 0
+
+    @property
+    def allreduce_rounds(self) -> List[int]:
+        """Bytes of each all-reduce round."""
+        return [r.nbytes for r in self.rounds if r.collective == "allreduce"]
+
+    @property
+    def allgather_bytes(self) -> int:
+        """Bytes this rank contributes to all-gathers."""
+        return sum(r.nbytes for r in self.rounds if r.collective == "allgather")
 
     @property
     def total(self) -> int:
-        return sum(self.allreduce_rounds) + self.allgather_bytes
-
-
-def parse_spec(spec: str) -> Tuple[str, dict]:
-    name, _, rest = spec.strip().partition(":")
-    kwargs = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, _, value = item.partition("=")
-        try:
-            kwargs[key.strip()] = float(value) if "." in value or "e" in value else int(value)
-        except ValueError:
-            kwargs[key.strip()] = value.strip()
-    return name.strip().lower(), kwargs
+        return sum(r.nbytes for r in self.rounds)
 
 
 def compressor_for(spec: str):
-    """The core compressor a spec names (on a NumPy backend that never communicates): the one source
-    of truth for what it puts on the wire (`wire_bytes`) and which collective carries it."""
-    from .core.registry import COMPRESSORS
-    from .core.registry import parse_spec as registry_parse
-    from .reference.numpy_backend import NumpyBackend
-
-    name, kwargs = registry_parse(spec)
-    if name == "none":
-        return None
-    return COMPRESSORS[name](NumpyBackend(None), **kwargs)
+    """The core compressor a spec names (`core.registry.build`, no backend: it describes its traffic
+    but runs nothing), None for ``"none"``. Raises for a spec the registry or the class refuses."""
+    return build(spec)
 
 
-def is_alternate(spec: str) -> bool:
-    """PowerSGD's single-round variant: one all-reduce per step, of P and Q in turn."""
-    name, kw = parse_spec(spec)
-    return name == "powersgd" and str(kw.get("alternate", False)).lower() in ("1", "true")
-
-
-def traffic(spec: str, shapes: Sequence[Shape]) -> Traffic:
-    """Bytes per step for ``spec`` on float32 gradients of ``shapes``, split into the rounds Horovod
-    runs, from the compressor's own ``wire_bytes`` (see the module docstring)."""
-    shapes = [tuple(int(d) for d in s) for s in shapes]
-    sizes = [numel(s) for s in shapes]
+def traffic(spec: str, shapes: Sequence[Shape], dtype: str = "float32") -> Traffic:
+    """The rounds one step of ``spec`` runs on gradients of ``shapes``: every gradient's
+    ``transfers`` as its compressor states them (uncompressed: all-reduced as they are), fused."""
     compressor = compressor_for(spec)
-    if compressor is None:
-        return Traffic([4 * sum(sizes)], tensors=[len(shapes)])
-    wire = [int(compressor.wire_bytes(s, "float32")) for s in shapes]
-    if getattr(compressor, "wire", None) is not None and compressor.wire.collective == "allgather":
-        from .core.wire import PLACEHOLDER_BYTES
-
-        return Traffic([PLACEHOLDER_BYTES * len(shapes)], sum(wire) - PLACEHOLDER_BYTES * len(shapes),
-                       compressed_elements=sum(sizes), tensors=[len(shapes)], allgather_tensors=len(shapes))
-    compressed = sum(size for size, b in zip(sizes, wire) if b != 4 * size)  # went through a codec
-    cfg = getattr(compressor, "cfg", None)
-    if cfg is None or not hasattr(compressor, "_new_state"):  # one all-reduce round (fp16, randomk, …)
-        return Traffic([sum(wire)], compressed_elements=compressed, tensors=[len(shapes)])
-    # PowerSGD: which tensors are compressed, and how, is the compressor's own plan
-    plans = [compressor._new_state(s).matrix for s in shapes]
-    raw = sum(b for b, plan in zip(wire, plans) if plan is None)
-    matrices = [(b, plan) for b, plan in zip(wire, plans) if plan is not None]
-    if getattr(cfg, "alternate", False):  # one round per step: P on one step, Q on the next
-        return Traffic([sum(wire)], compressed_elements=compressed, tensors=[len(shapes)])
-    k = cfg.power_iterations
-    p_bytes = sum(b // k * n // (n + m) for b, (n, m) in matrices)  # per iteration: r·n of r(n+m)
-    q_bytes = sum(b // k for b, _ in matrices) - p_bytes
-    rounds = [raw + p_bytes, q_bytes] + [p_bytes, q_bytes] * (k - 1)
-    tensors = [len(shapes), len(matrices)] + [len(matrices), len(matrices)] * (k - 1)
-    return Traffic(rounds, compressed_elements=compressed, tensors=tensors)
+    per_tensor = [wire.raw(s, dtype) if compressor is None else compressor.transfers(tuple(s), dtype)
+                  for s in shapes]
+    return Traffic(wire.fuse(t for ts in per_tensor for t in ts),
+                   sum(numel(s) for s, ts in zip(shapes, per_tensor) if wire.compressed(ts)))
 
 
 # ---------------------------------------------------------------------------- time model
@@ -235,22 +203,24 @@ class Fit:
         return self.codec_s_per_step[spec]
 
 
-def allreduce_seconds(nbytes: float, workers: int, bps: float, fit: Fit, tensors: int = 1) -> float:
-    n = workers
-    if n < 2:
+def collective_seconds(collective: str, nbytes: float, workers: int, bps: float, fit: Fit,
+                       tensors: int = 1) -> float:
+    """One fused round of ``collective`` to which each rank contributes ``nbytes`` in ``tensors``
+    tensors: the bytes each rank moves over its link (`core.wire.link_bytes`, less the link's burst
+    allowance) at η·B, a latency α per hop of the ring (`core.wire.hops`), β per round, γ per tensor."""
+    if workers < 2:
         return 0.0
-    sent = max(0.0, 2 * (n - 1) / n * nbytes - fit.burst_bytes)
-    return (sent * 8 / (fit.efficiency * bps) + 2 * (n - 1) * fit.latency_s
+    sent = max(0.0, wire.link_bytes(collective, nbytes, workers) - fit.burst_bytes)
+    return (sent * 8 / (fit.efficiency * bps) + wire.hops(collective, workers) * fit.latency_s
             + fit.round_overhead_s + tensors * fit.tensor_overhead_s)
+
+
+def allreduce_seconds(nbytes: float, workers: int, bps: float, fit: Fit, tensors: int = 1) -> float:
+    return collective_seconds("allreduce", nbytes, workers, bps, fit, tensors)
 
 
 def allgather_seconds(nbytes_per_rank: float, workers: int, bps: float, fit: Fit, tensors: int = 1) -> float:
-    n = workers
-    if n < 2 or nbytes_per_rank == 0:
-        return 0.0
-    sent = max(0.0, (n - 1) * nbytes_per_rank - fit.burst_bytes)
-    return (sent * 8 / (fit.efficiency * bps) + (n - 1) * fit.latency_s
-            + fit.round_overhead_s + tensors * fit.tensor_overhead_s)
+    return collective_seconds("allgather", nbytes_per_rank, workers, bps, fit, tensors)
 
 
 def communicate_seconds(t: Traffic, workers: int, bps: float, fit: Fit) -> float:
@@ -258,16 +228,28 @@ def communicate_seconds(t: Traffic, workers: int, bps: float, fit: Fit) -> float
     step's own overhead σ (calibrated fits only)."""
     if workers < 2:
         return 0.0
-    tensors = t.tensors or [1] * len(t.allreduce_rounds)
-    comm = sum(allreduce_seconds(b, workers, bps, fit, k) for b, k in zip(t.allreduce_rounds, tensors))
-    return (comm + allgather_seconds(t.allgather_bytes, workers, bps, fit, max(1, t.allgather_tensors))
+    return (sum(collective_seconds(r.collective, r.nbytes, workers, bps, fit, r.tensors) for r in t.rounds)
             + fit.step_overhead_s)
 
 
 def codec_key(spec: str) -> str:
     """Per-element codec costs are kept per compressor, PowerSGD's single-round variant apart."""
     name, _ = parse_spec(spec)
-    return "powersgd.alternate" if is_alternate(spec) else name
+    return "powersgd.alternate" if name == "powersgd" and compressor_for(spec).cfg.alternate else name
+
+
+def codec_units(spec: str) -> int:
+    """What a per-element codec cost is per: PowerSGD's work grows with rank × power iterations
+    (its products and orthogonalizations are r columns wide, k times), the others' with d alone."""
+    if parse_spec(spec)[0] != "powersgd":
+        return 1
+    cfg = compressor_for(spec).cfg
+    return cfg.rank * cfg.power_iterations
+
+
+def codec_per_element(spec: str, t: Traffic, codec_s: float) -> float:
+    """A measured codec time per step as the fit keeps it: per compressed element and `codec_units`."""
+    return codec_s / (t.compressed_elements * codec_units(spec))
 
 
 #: without a measurement, the single-round variant's codec costs this fraction of the two-round one
@@ -275,16 +257,14 @@ ALTERNATE_CODEC_FRACTION = 0.6
 
 
 def codec_seconds(spec: str, t: Traffic, fit: Fit, scale: float = 1.0) -> float:
-    name, kw = parse_spec(spec)
+    name, _ = parse_spec(spec)
     key = codec_key(spec)
     costs = {**DEFAULT_CODEC_S_PER_ELEMENT, **fit.codec_s_per_element}  # a fit may predate a compressor
     if key in costs:
         per_element = costs[key]
     else:
         per_element = costs.get(name, 0.0) * (ALTERNATE_CODEC_FRACTION if key != name else 1.0)
-    if name == "powersgd":
-        per_element *= int(kw.get("rank", 1)) * int(kw.get("power_iterations", 1))
-    return per_element * t.compressed_elements * scale
+    return per_element * codec_units(spec) * t.compressed_elements * scale
 
 
 @dataclasses.dataclass
@@ -351,19 +331,15 @@ def fit(measurements: Iterable[dict], base: Optional[Fit] = None, max_workers: i
     exact = Fit(1.0, 0.0, {}, "", 0.0)
     rows, target, codec = [], [], {}
     for m in measurements:
-        name, kw = parse_spec(m["spec"])
         t = traffic(m["spec"], m["shapes"])
         n, bps = m["workers"], m["bps"]
         if 2 <= n <= max_workers:
-            x = sum(allreduce_seconds(b, n, bps, exact) for b in t.allreduce_rounds)
-            x += allgather_seconds(t.allgather_bytes, n, bps, exact)
-            rounds = len(t.allreduce_rounds) + (t.allgather_bytes > 0)
-            hops = 2 * (n - 1) * len(t.allreduce_rounds) + (n - 1) * (t.allgather_bytes > 0)
-            rows.append([x, rounds])
+            x = sum(collective_seconds(r.collective, r.nbytes, n, bps, exact) for r in t.rounds)
+            hops = sum(wire.hops(r.collective, n) for r in t.rounds)
+            rows.append([x, len(t.rounds)])
             target.append(m["communicate_s"] - hops * base.latency_s)
         if t.compressed_elements and m.get("codec_s") is not None:
-            scale = int(kw.get("rank", 1)) * int(kw.get("power_iterations", 1)) if name == "powersgd" else 1
-            codec.setdefault(codec_key(m["spec"]), []).append(m["codec_s"] / (t.compressed_elements * scale))
+            codec.setdefault(codec_key(m["spec"]), []).append(codec_per_element(m["spec"], t, m["codec_s"]))
     efficiency, overhead = base.efficiency, base.round_overhead_s
     if len(rows) >= 2:
         A, y = np.asarray(rows, dtype=float), np.asarray(target, dtype=float)
@@ -413,7 +389,7 @@ def table(shapes: Sequence[Shape], bps: float, workers: int, compute_s: float, f
         rows.append({"spec": spec, "step_ms": p.step_s * 1e3, "compute_ms": p.compute_s * 1e3,
                      "codec_ms": p.codec_s * 1e3, "communicate_ms": p.communicate_s * 1e3,
                      "MB_per_step": p.bytes_per_step / 1e6, "speedup": base.step_s / p.step_s,
-                     "rounds": len(t.allreduce_rounds) + (t.allgather_bytes > 0),
+                     "rounds": len(t.rounds),
                      "codec_measured": fit_.measured_codec(spec, shapes) is not None,
                      "speedup_at_compare": speedup(spec, shapes, compare_bps, workers, compute_s, fit_, codec_scale),
                      "break_even_bps": None if spec == "none" else

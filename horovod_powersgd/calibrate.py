@@ -56,6 +56,7 @@ import numpy as np
 
 from . import advisor, machine
 from .advisor import Fit, Shape
+from .core import wire
 
 #: float32 elements; the network phase's smallest tensor
 MIN_BYTES = 4 << 10
@@ -181,12 +182,7 @@ def round_seconds(coef, op: str, nbytes: float, tensors: int, rounds: int, worke
 
 def design_row(op: str, nbytes: float, tensors: int, rounds: int, workers: int) -> List[float]:
     """Coefficients of (1/B, α, β, γ) in one measurement's time (the module docstring's model)."""
-    n = workers
-    if op == "allreduce":
-        bits, hops = 2 * (n - 1) / n * nbytes * 8, 2 * (n - 1) * rounds
-    else:
-        bits, hops = (n - 1) * nbytes * 8, (n - 1) * rounds
-    return [bits, hops, rounds, tensors]
+    return [wire.link_bytes(op, nbytes, workers) * 8, wire.hops(op, workers) * rounds, rounds, tensors]
 
 
 def nonnegative_lstsq(A: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -486,12 +482,10 @@ def build_fit(network: NetworkFit, workers: int, codec: Dict[str, dict], shapes:
     efficiency = network.bandwidth_bps / link_bps if link_bps else 1.0
     per_element = dict(Fit().codec_s_per_element)
     for spec, result in codec.items():
-        name, kw = advisor.parse_spec(spec)
         t = advisor.traffic(spec, shapes)
         if spec == "none" or not t.compressed_elements:
             continue
-        scale = int(kw.get("rank", 1)) * int(kw.get("power_iterations", 1)) if name == "powersgd" else 1
-        per_element[advisor.codec_key(spec)] = result["codec_s"] / (t.compressed_elements * scale)
+        per_element[advisor.codec_key(spec)] = advisor.codec_per_element(spec, t, result["codec_s"])
     spread = dict(network.spread)
     source = (f"calibrated by horovod_powersgd.calibrate: {workers} workers, {machine.get('controller')}, "
               f"{machine.get('device')}, {seconds:.0f} s; network fit median error {network.median_error:.1%}")

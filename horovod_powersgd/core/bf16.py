@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from .backend import Backend, compute_dtype
 from .compressor import Compressor, Ctx
-from .gather import combine, mean_weight, per_rank, placeholder, start_allgather
+from .gather import combine, gathered, mean_weight, per_rank, placeholder, start_allgather
 from .stateful import flat, restore
-from .wire import PLACEHOLDER_BYTES, Wire, numel
+from .wire import Wire, numel
 
 
 class BF16(Compressor):
@@ -20,15 +20,15 @@ class BF16(Compressor):
     feedback.
     """
 
-    wire = Wire("allgather", "16 + 32/d", biased=True, error_feedback=False,
+    wire = Wire("16 + 32/d", biased=True, error_feedback=False,
                 note="all-gather: Horovod 0.28.1 cannot all-reduce bfloat16")
     wire_variants = ()
 
     def __init__(self, backend: Backend):
         super().__init__(backend)
 
-    def wire_bytes(self, shape, dtype: str = "float32") -> int:
-        return 2 * numel(shape) + PLACEHOLDER_BYTES
+    def transfers(self, shape, dtype: str = "float32") -> list:
+        return gathered(("bfloat16 bits", 2 * numel(shape)))
 
     def _compress(self, tensor, ctx: Ctx):
         b = self.backend

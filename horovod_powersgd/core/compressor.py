@@ -20,11 +20,12 @@ Reliability rules every compressor follows (README, "Where it refuses"):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from .agreement import check_agreement
 from .backend import FLOAT_DTYPES, Backend, TensorIdentity, itemsize
 from .stats import CompressionStats
+from .wire import Transfer
 
 
 @dataclasses.dataclass
@@ -46,9 +47,6 @@ class Compressor:
     parameter name) and hashable by identity, which TensorFlow's Horovod needs.
     """
 
-    #: the first-round collective Horovod runs on what `compress` returns (for tables and docs)
-    collective = "allreduce"
-
     def __init__(self, backend: Backend):
         self.backend = backend
         self._tensors: Dict[str, Any] = {}
@@ -63,6 +61,18 @@ class Compressor:
     def stats(self) -> CompressionStats:
         """Bytes saved and time spent (see `CompressionStats`)."""
         return self._stats
+
+    # ------------------------------------------------------------------ what goes on the wire
+    def transfers(self, shape, dtype: str = "float32") -> List[Transfer]:
+        """What this rank hands to collectives per step for one gradient of ``shape`` and
+        ``dtype`` (after any warm-up): which collective, how many bytes, in which round. The one
+        description of a compressor's traffic; `wire_bytes`, the advisor and the README's table
+        derive from it (`horovod_powersgd.core.wire`). Depends on the configuration alone."""
+        raise NotImplementedError
+
+    def wire_bytes(self, shape, dtype: str = "float32") -> int:
+        """Bytes this rank sends per step for one gradient of ``shape`` (all its `transfers`)."""
+        return sum(t.nbytes for t in self.transfers(shape, dtype))
 
     # ------------------------------------------------------------------ Horovod's interface
     def compress(self, tensor):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .backend import Backend
 from .compressor import Compressor, Ctx
-from .wire import Wire, numel
+from .wire import Transfer, Wire, numel
 
 
 class FP16(Compressor):
@@ -15,15 +15,15 @@ class FP16(Compressor):
     to inf and below ~6e-8 flush to zero — scale the loss if gradients are that large or small.
     """
 
-    wire = Wire("allreduce", "16", biased=True, error_feedback=False,
+    wire = Wire("16", biased=True, error_feedback=False,
                 note="rounding only; overflows above 65504")
     wire_variants = ()
 
     def __init__(self, backend: Backend):
         super().__init__(backend)
 
-    def wire_bytes(self, shape, dtype: str = "float32") -> int:
-        return 2 * numel(shape)
+    def transfers(self, shape, dtype: str = "float32") -> list:
+        return [Transfer("allreduce", 2 * numel(shape), 0, "float16 gradient")]
 
     def _compress(self, tensor, ctx: Ctx):
         return self.backend.cast(tensor, "float16"), ctx

@@ -16,6 +16,7 @@ import numpy as np
 
 from .backend import ReduceOp, TensorIdentity
 from .compressor import poison
+from .wire import PLACEHOLDER, PLACEHOLDER_BYTES, Transfer
 
 
 def placeholder(backend, like):
@@ -24,6 +25,14 @@ def placeholder(backend, like):
     every rank identically whether any rank's input was non-finite (a sign or a top-k message could
     not: a NaN has a sign bit and may not be among the top k)."""
     return backend.reshape(backend.cast(poison(backend, like), "float32"), (1,))
+
+
+def gathered(*messages) -> list:
+    """The `Transfer`s of an all-gather compressor for one gradient: the placeholder Horovod
+    all-reduces and each ``(what, bytes)`` message all-gathered, all in round 0 (`compress` starts
+    them during backprop, next to Horovod's own all-reduce)."""
+    return [Transfer("allreduce", PLACEHOLDER_BYTES, 0, PLACEHOLDER)] + [
+        Transfer("allgather", int(nbytes), 0, what) for what, nbytes in messages]
 
 
 def start_allgather(compressor, tensor, tag: str, identity: TensorIdentity):

@@ -65,7 +65,7 @@ import numpy as np
 from .backend import Backend, ReduceOp, compute_dtype, itemsize
 from .compressor import Compressor, Ctx, export_value
 from .orthogonalize import orthogonalize
-from .wire import Wire, numel
+from .wire import Transfer, Wire, raw
 
 
 class PowerSGDConfig(NamedTuple):
@@ -161,30 +161,35 @@ class PowerSGD(Compressor):
     with its buckets: Horovod's optimizer replaces ``p.grad`` with the result, so nothing is lost.
     """
 
-    wire = Wire("allreduce", "32·k·r(n+m)/(n·m)", biased=True, error_feedback=True,
+    wire = Wire("32·k·r·(n+m)/(n·m)", biased=True, error_feedback=True,
                 note="k power iterations, each one P and one Q all-reduce; warm start")
     wire_variants = (("alternate=True",
-                      Wire("allreduce", "32·r·max(n,m)/(n·m)", biased=True, error_feedback=True,
+                      Wire("32·r·max(n,m)/(n·m)", biased=True, error_feedback=True,
                            note="one all-reduce per step: P and Q on alternate steps, padded to one "
                                 "shape")),
                      ("error_feedback=False",
-                      Wire("allreduce", "32·k·r(n+m)/(n·m)", biased=True, error_feedback=False,
+                      Wire("32·k·r·(n+m)/(n·m)", biased=True, error_feedback=False,
                            note="no memory: what the approximation misses is lost")),
                      ("wire_dtype='float16'",
-                      Wire("allreduce", "16·k·r(n+m)/(n·m)", biased=True, error_feedback=True,
+                      Wire("16·k·r·(n+m)/(n·m)", biased=True, error_feedback=True,
                            note="P and Q sent in float16, orthogonalized in float32")))
 
-    def wire_bytes(self, shape, dtype: str = "float32") -> int:
-        """Bytes this rank sends for one gradient of ``shape`` per step after ``start_step``
-        (single-round: P or Q, padded to one shape, r·max(n, m) numbers — see `_flat_wire`)."""
+    def transfers(self, shape, dtype: str = "float32") -> list:
+        """Per step after ``start_step``, for a compressed n×m matrix (numbers in ``wire_dtype``,
+        else the compute dtype): classic, iteration i = 0 … k−1 sends Pᵀ (r·n) in round 2i and Qᵀ
+        (r·m) in round 2i + 1 — round 0 is Horovod's own all-reduce, fused with every uncompressed
+        tensor, the rest our grouped all-reduces (`_round`); single-round, P or Q flat and padded to
+        r·max(n, m) numbers (`_flat_wire`) in round 0. Other tensors go as they are."""
         state = self._new_state(tuple(shape))
         if state.matrix is None:
-            return numel(shape) * itemsize(dtype)
-        n, m = state.matrix
+            return raw(shape, dtype)
+        (n, m), r = state.matrix, state.rank
         number = itemsize(self.cfg.wire_dtype or compute_dtype(dtype))
         if self.cfg.alternate:
-            return state.rank * max(n, m) * number
-        return self.cfg.power_iterations * state.rank * (n + m) * number
+            return [Transfer("allreduce", r * max(n, m) * number, 0, "P or Q, padded")]
+        return [Transfer("allreduce", r * size * number, 2 * i + j, factor)
+                for i in range(self.cfg.power_iterations)
+                for j, (factor, size) in enumerate((("P", n), ("Q", m)))]
 
     def __init__(self, backend: Backend, rank: int = 1, *, power_iterations: int = 1,
                  warm_start: bool = True, error_feedback: bool = True,

@@ -10,7 +10,7 @@ from .backend import Backend, compute_dtype, itemsize
 from .compressor import Ctx, poison
 from .sparse import check_ratio, kept
 from .stateful import StatefulCompressor, flat, restore
-from .wire import Wire, numel
+from .wire import Transfer, Wire, numel
 
 
 class RandomK(StatefulCompressor):
@@ -28,10 +28,10 @@ class RandomK(StatefulCompressor):
     entry — rescaling is not combined with feedback, as the rescaled compressor is not a contraction.
     """
 
-    wire = Wire("allreduce", "32·ratio", biased=True, error_feedback=True,
+    wire = Wire("32·ratio", biased=True, error_feedback=True,
                 note="shared-seed indices; only values travel")
     wire_variants = (("error_feedback=False",
-                      Wire("allreduce", "32·ratio", biased=False, error_feedback=False,
+                      Wire("32·ratio", biased=False, error_feedback=False,
                            note="values rescaled by d/k")),)
     counts_steps = True  # fresh indices every step
 
@@ -50,8 +50,9 @@ class RandomK(StatefulCompressor):
     def config(self) -> dict:
         return {"ratio": self.ratio, "error_feedback": self.error_feedback, "seed": self.seed}
 
-    def wire_bytes(self, shape, dtype: str = "float32") -> int:
-        return kept(self.ratio, numel(shape)) * itemsize(compute_dtype(dtype))
+    def transfers(self, shape, dtype: str = "float32") -> list:
+        return [Transfer("allreduce", kept(self.ratio, numel(shape)) * itemsize(compute_dtype(dtype)),
+                         0, "values")]
 
     def indices_key(self, name: str) -> int:
         """Seed of the index stream of parameter ``name`` (the step is the stream's second key)."""

@@ -52,6 +52,14 @@ def parse_spec(spec: str) -> Tuple[str, dict]:
     return name, kwargs
 
 
+def build(spec: str, backend=None):
+    """The core compressor a spec names, on ``backend`` — None (the default) gives one that runs no
+    collective but describes its traffic (``transfers``, ``wire_bytes``: they depend on the
+    configuration alone), as the advisor uses it. ``"none"`` gives None."""
+    name, kwargs = parse_spec(spec)
+    return None if name == "none" else COMPRESSORS[name](backend, **kwargs)
+
+
 def adapt_all(adapter: type, module: str, extra_bases: tuple = ()) -> Dict[str, type]:
     """A framework's public class for every registered compressor, by class name: the adapter mixin
     (which supplies the backend) in front of the core class."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from .backend import Backend, compute_dtype, itemsize
 from .compressor import Ctx
-from .gather import mean_weight, per_rank, placeholder, start_allgather
+from .gather import gathered, mean_weight, per_rank, placeholder, start_allgather
 from .stateful import StatefulCompressor, flat, restore
-from .wire import PLACEHOLDER_BYTES, Wire, numel
+from .wire import Wire, numel
 
 
 class SignNorm(StatefulCompressor):
@@ -21,7 +21,7 @@ class SignNorm(StatefulCompressor):
     so the error buffer holds exactly what the other ranks did not receive.
     """
 
-    wire = Wire("allgather", "1 + 64/d", biased=True, error_feedback=True,
+    wire = Wire("1 + 64/d", biased=True, error_feedback=True,
                 note="EF-signSGD; one scale per tensor and rank")
     wire_variants = ()
     buffers = ("error",)
@@ -29,8 +29,8 @@ class SignNorm(StatefulCompressor):
     def __init__(self, backend: Backend):
         super().__init__(backend)
 
-    def wire_bytes(self, shape, dtype: str = "float32") -> int:
-        return -(-numel(shape) // 8) + itemsize(compute_dtype(dtype)) + PLACEHOLDER_BYTES
+    def transfers(self, shape, dtype: str = "float32") -> list:
+        return gathered(("signs", -(-numel(shape) // 8)), ("scale", itemsize(compute_dtype(dtype))))
 
     def _compress(self, tensor, ctx: Ctx):
         b = self.backend

@@ -6,9 +6,9 @@ import numbers
 
 from .backend import Backend, compute_dtype
 from .compressor import Ctx
-from .gather import combine, per_rank, placeholder, start_allgather
+from .gather import combine, gathered, per_rank, placeholder, start_allgather
 from .stateful import StatefulCompressor, flat, restore
-from .wire import PLACEHOLDER_BYTES, Wire, numel
+from .wire import Wire, numel
 
 
 class Signum(StatefulCompressor):
@@ -23,7 +23,7 @@ class Signum(StatefulCompressor):
     plain SGD (no optimizer momentum) and a small learning rate.
     """
 
-    wire = Wire("allgather", "1 + 32/d", biased=True, error_feedback=False,
+    wire = Wire("1 + 32/d", biased=True, error_feedback=False,
                 note="majority vote of the signs of local momentum")
     wire_variants = ()
     buffers = ("momentum",)
@@ -38,8 +38,8 @@ class Signum(StatefulCompressor):
     def config(self) -> dict:
         return {"momentum": self.momentum}
 
-    def wire_bytes(self, shape, dtype: str = "float32") -> int:
-        return -(-numel(shape) // 8) + PLACEHOLDER_BYTES
+    def transfers(self, shape, dtype: str = "float32") -> list:
+        return gathered(("signs", -(-numel(shape) // 8)))
 
     def _compress(self, tensor, ctx: Ctx):
         b = self.backend

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from .backend import Backend, compute_dtype, itemsize
 from .compressor import Ctx
-from .gather import mean_weight, placeholder, start_allgather
+from .gather import gathered, mean_weight, placeholder, start_allgather
 from .sparse import MAX_ELEMENTS, check_ratio, kept
 from .stateful import StatefulCompressor, flat, restore
-from .wire import PLACEHOLDER_BYTES, Wire, numel
+from .wire import Wire, numel
 
 
 class TopK(StatefulCompressor):
@@ -21,7 +21,7 @@ class TopK(StatefulCompressor):
     float32. Biased, with error feedback. Ties in |p| are broken by the framework's top-k.
     """
 
-    wire = Wire("allgather", "64·ratio + 32/d", biased=True, error_feedback=True,
+    wire = Wire("64·ratio + 32/d", biased=True, error_feedback=True,
                 note="float32 values + int32 indices")
     wire_variants = ()
     buffers = ("error",)
@@ -33,9 +33,9 @@ class TopK(StatefulCompressor):
     def config(self) -> dict:
         return {"ratio": self.ratio}
 
-    def wire_bytes(self, shape, dtype: str = "float32") -> int:
+    def transfers(self, shape, dtype: str = "float32") -> list:
         k = kept(self.ratio, numel(shape))
-        return k * (itemsize(compute_dtype(dtype)) + 4) + PLACEHOLDER_BYTES
+        return gathered(("values", k * itemsize(compute_dtype(dtype))), ("indices", k * 4))
 
     def _compress(self, tensor, ctx: Ctx):
         b = self.backend

@@ -11,7 +11,7 @@ from .backend import Backend, compute_dtype, itemsize
 from .compressor import Ctx
 from .powersgd import matrix_shape
 from .stateful import StatefulCompressor
-from .wire import Wire, numel
+from .wire import Transfer, Wire, raw
 
 
 class UnbiasedLowRank(StatefulCompressor):
@@ -32,7 +32,7 @@ class UnbiasedLowRank(StatefulCompressor):
     n·m < min_compression_rate·n·r, go as they are. No error feedback (it would add bias).
     """
 
-    wire = Wire("allreduce", "32·r/m", biased=False, error_feedback=False,
+    wire = Wire("32·r/m", biased=False, error_feedback=False,
                 note="fresh shared Gaussian Q, Ĝ = P̄Qᵀ/r")
     wire_variants = ()
     counts_steps = True  # a fresh Q every step
@@ -63,12 +63,12 @@ class UnbiasedLowRank(StatefulCompressor):
         r = min(self.rank, m)
         return (n, m, r) if m >= self.min_compression_rate * r else None
 
-    def wire_bytes(self, shape, dtype: str = "float32") -> int:
+    def transfers(self, shape, dtype: str = "float32") -> list:
         plan = self.plan(shape)
         if plan is None:
-            return numel(shape) * itemsize(dtype)
+            return raw(shape, dtype)
         n, _m, r = plan
-        return n * r * itemsize(compute_dtype(dtype))
+        return [Transfer("allreduce", n * r * itemsize(compute_dtype(dtype)), 0, "P")]
 
     def q_key(self, name: str) -> int:
         """Seed of parameter ``name``'s stream of Qs (the step is the stream's second key)."""
