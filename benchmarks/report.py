@@ -301,10 +301,19 @@ def plots(raw: dict, analysis: dict, out: Path) -> list:
     return written
 
 
-def write(raw: dict, out: Path, fit_advisor: bool = True) -> dict:
-    """Fit the cost model, then write benchmark.json, benchmark.md and the plots into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+def fit_of(raw: dict) -> advisor.Fit:
+    """The advisor's cost model fitted to a run, naming the machine it ran on."""
     fit = advisor.fit(_measurements(raw))
+    fit.machine = dict(raw.get("machine", {}))
+    return fit
+
+
+def write(raw: dict, out: Path, fit_advisor: bool = True) -> dict:
+    """Fit the cost model, then write benchmark.json, benchmark.md and the plots into ``out``. The
+    fit goes to the package's default (``advisor.FIT_PATH``, package data) when ``fit_advisor``,
+    else to ``out/advisor_fit.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    fit = fit_of(raw)
     fit.save(advisor.FIT_PATH if fit_advisor else out / "advisor_fit.json")
     analysis = analyse(raw, fit)
     (out / "benchmark.json").write_text(json.dumps({"raw": raw, "fit": fit.__dict__, **analysis},

@@ -24,7 +24,9 @@ tensor, i.e. two rounds.
 
 t_codec = c·d summed over tensors, with c (seconds per element, per compressor; PowerSGD's scales
 with the rank) fitted from this project's measurements, like η and β (see `fit`). The defaults come
-from ``results/advisor_fit.json`` when present: the benchmark machine's CPU, one thread per worker.
+from the fit shipped with the package, ``horovod_powersgd/data/default_fit.json`` (`FIT_PATH`), which
+``benchmarks.run`` writes from its runs and which names the machine they ran on; without it the
+advisor says so and falls back to built-in guesses (`Fit`'s defaults).
 ``--fit PATH`` reads a fit that `horovod_powersgd.calibrate` measured on *your* cluster instead:
 its α, β, γ, σ, bandwidth, workers, compute and the codec of every spec measured on your shapes.
 """
@@ -38,11 +40,13 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from . import machine
 from .core import wire
 from .core.registry import build, parse_spec
 from .core.wire import Round
 
-FIT_PATH = Path(__file__).resolve().parent.parent / "results" / "advisor_fit.json"
+#: the default fit: package data (setup.cfg), written by ``benchmarks.report`` from the benchmark's runs
+FIT_PATH = Path(__file__).resolve().parent / "data" / "default_fit.json"
 Shape = Tuple[int, ...]
 
 
@@ -160,7 +164,7 @@ class Fit:
     latency_s: float = 50e-6  # α per hop: the network's, not fitted (the emulated links add none)
     codec_s_per_element: Dict[str, float] = dataclasses.field(
         default_factory=lambda: dict(DEFAULT_CODEC_S_PER_ELEMENT))  # per element, (PowerSGD) per unit of rank
-    source: str = "built-in defaults (no results/advisor_fit.json)"
+    source: str = "built-in defaults, no fit file"
     round_overhead_s: float = 1e-3  # β per collective round (framework), fitted
     # --- measured by `horovod_powersgd.calibrate` on the user's cluster (None/empty: not measured)
     tensor_overhead_s: float = 0.0  # γ: extra cost per tensor fused into a round (negotiation, copies)
@@ -184,7 +188,7 @@ class Fit:
             fit_ = cls(**{k: v for k, v in data.items() if k in known})
             fit_.source = data.get("source", str(path))
             return fit_
-        return cls()
+        return cls(source=f"built-in defaults: no fit file at {path}")
 
     def save(self, path: Path = FIT_PATH) -> None:
         path = Path(path)
@@ -449,7 +453,8 @@ def describe_fit(fit_: Fit) -> str:
         text += f", B_eff={format_rate(fit_.efficiency * fit_.bandwidth_bps)}"
         if "effective_bps" in fit_.spread:
             text += f" [{fit_.spread['effective_bps'][0] / 1e6:.0f}–{fit_.spread['effective_bps'][1] / 1e6:.0f} Mbit/s]"
-    return text + f" ({fit_.source})"
+    where = f"; on {machine.one_line(fit_.machine)}" if fit_.machine else ""
+    return text + f" ({fit_.source}{where})"
 
 
 def main(argv=None) -> int:
@@ -460,7 +465,7 @@ def main(argv=None) -> int:
                              f"(default: the model the --fit was calibrated on, else resnet18)")
     parser.add_argument("--fit", type=Path, default=None,
                         help="a fit file written by `python -m horovod_powersgd.calibrate --out PATH` (default: "
-                             "results/advisor_fit.json, fitted by the benchmark on its machine)")
+                             "the package's data/default_fit.json, fitted by the benchmark on the machine it names)")
     parser.add_argument("--bandwidth", default=None,
                         help="per-worker link, e.g. 1gbit, 10gbit (default: the --fit's link, else 10gbit)")
     parser.add_argument("--workers", type=int, default=None, help="default: the --fit's, else 8")
@@ -480,7 +485,8 @@ def main(argv=None) -> int:
 
     if args.fit is not None and not args.fit.is_file():
         parser.error(f"--fit {args.fit}: no such file")
-    fit_ = Fit.load(args.fit if args.fit is not None else FIT_PATH)
+    fit_path = args.fit if args.fit is not None else FIT_PATH
+    fit_ = Fit.load(fit_path)
     if args.model is None and fit_.codec_shapes is not None:
         args.model, shapes = fit_.model or "calibrated model", [tuple(s) for s in fit_.codec_shapes]
     else:
@@ -514,6 +520,11 @@ def main(argv=None) -> int:
     print(f"{args.model}: {sum(map(numel, shapes)) / 1e6:.2f}M parameters, {workers} workers, "
           f"{format_rate(bps)} per worker, compute {compute_s * 1e3:.0f} ms/step ({compute_note}), "
           f"codec cost ×{codec_scale:g}; {describe_fit(fit_)}")
+    if not fit_path.is_file():
+        print(f"No fit: {fit_path} is missing (a source checkout whose benchmark never ran, or a damaged "
+              f"install). Every figure below uses built-in guesses — η={fit_.efficiency:.2f}, "
+              f"β={fit_.round_overhead_s * 1e3:.0f} ms/round, per-element codec costs — not measurements; "
+              f"measure your cluster with python -m horovod_powersgd.calibrate and pass --fit.")
     print(format_table(rows, args.compare_bandwidth))
     if any(not r["codec_measured"] and r["spec"] != "none" for r in rows):
         print("* codec from a per-element cost (not measured for these shapes on this device)")

@@ -50,6 +50,11 @@ def describe() -> dict:
 
 
 def one_line(facts: dict) -> str:
-    """``AMD EPYC ... , 2 cores, BLAS mkl, AVX2, torch 2.13.0+cpu``."""
-    return (f"{facts['cpu']}, {facts['cores']} cores, BLAS {facts['blas']}"
-            + (f", torch {facts['torch']}" if facts.get("torch") else ""))
+    """``AMD EPYC ... , 2 cores, BLAS mkl, AVX2, torch 2.13.0+cpu`` (with the GPU where one was
+    used; facts a record lacks are left out)."""
+    parts = [str(facts.get("cpu", "unknown CPU"))]
+    parts += [f"{facts['cores']} cores"] if facts.get("cores") else []
+    parts += [f"BLAS {facts['blas']}"] if facts.get("blas") else []
+    parts += [str(facts["gpu"])] if facts.get("gpu") else []
+    parts += [f"torch {facts['torch']}"] if facts.get("torch") else []
+    return ", ".join(parts)

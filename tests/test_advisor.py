@@ -119,3 +119,43 @@ def test_cli_prints_a_verdict(capsys):
 def test_cli_needs_compute_time_for_raw_shapes():
     with pytest.raises(SystemExit):
         advisor.main(["--model", "100x100"])
+
+
+def test_traffic_is_the_compressors_transfers_fused():
+    """The advisor prices what each compressor states (`transfers`), nothing of its own."""
+    from horovod_powersgd.core import registry, wire
+
+    assert advisor.parse_spec is registry.parse_spec
+    shapes = [(1024, 1568), (1024,), (16, 1, 5, 5)]
+    for spec in advisor.DEFAULT_SPECS + ("powersgd:rank=2,wire_dtype='float16'", "signnorm"):
+        compressor = registry.build(spec)
+        assert traffic(spec, shapes).rounds == wire.fuse(t for s in shapes for t in compressor.transfers(s)), spec
+    # bf16 all-gathers (Horovod 0.28.1 cannot all-reduce it); SignNorm gathers signs and a scale per tensor
+    bf16 = traffic("bf16", shapes).rounds
+    assert [(r.collective, r.tensors) for r in bf16] == [("allreduce", 3), ("allgather", 3)]
+    signnorm = traffic("signnorm", [(1000, 1000)]).rounds
+    assert [(r.collective, r.nbytes, r.tensors) for r in signnorm] == [("allreduce", 4, 1), ("allgather", 125_004, 2)]
+    assert traffic("powersgd:rank=2,wire_dtype='float16'", [(1024, 1568)]).allreduce_rounds == [2 * 2048, 2 * 3136]
+    assert traffic("unbiased_lowrank:rank=2", [(1024, 1568), (1024,)]).allreduce_rounds == [4 * (2048 + 1024)]
+
+
+def test_default_fit_is_package_data_and_names_its_machine(capsys):
+    from importlib import resources
+    from pathlib import Path
+
+    from horovod_powersgd import machine
+
+    shipped = resources.files("horovod_powersgd").joinpath("data/default_fit.json")
+    assert shipped.is_file() and Path(str(shipped)) == advisor.FIT_PATH
+    fit = Fit.load()
+    assert fit.source.startswith("fitted by benchmarks.run") and fit.machine.get("cpu")
+    assert advisor.main(["--model", "fashion_cnn", "--bandwidth", "1gbit", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"on {machine.one_line(fit.machine)}" in out and "No fit" not in out
+
+
+def test_cli_says_plainly_when_there_is_no_fit(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(advisor, "FIT_PATH", tmp_path / "default_fit.json")
+    assert advisor.main(["--model", "fashion_cnn", "--bandwidth", "1gbit", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"No fit: {tmp_path / 'default_fit.json'} is missing" in out and "built-in guesses" in out

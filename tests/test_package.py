@@ -27,3 +27,23 @@ def test_spec_parsing():
     with pytest.raises(ValueError, match="key=value"):
         parse_spec("powersgd:2")
     assert "powersgd" in COMPRESSORS
+
+
+def test_a_built_wheel_ships_the_advisors_default_fit(tmp_path):
+    """`pip install .` must carry the fit the advisor reads by default (package data, setup.cfg)."""
+    import shutil
+    import zipfile
+
+    from tests.launch import ROOT
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "horovod_powersgd", source / "horovod_powersgd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    assert "horovod_powersgd/data/default_fit.json" in zipfile.ZipFile(wheel).namelist()
