@@ -1,8 +1,10 @@
 """The small interface every compressor is written against.
 
 A compressor needs two things from a framework: a handful of tensor operations, and Horovod's
-collectives. `Backend` lists both. The PyTorch, TensorFlow and NumPy (reference) adapters implement it;
-nothing under `horovod_powersgd.core` imports a framework.
+collectives. `Backend` lists both, and nothing else. The PyTorch, TensorFlow and NumPy (reference)
+adapters implement it; nothing under `horovod_powersgd.core` imports a framework. Which gradient a
+tensor is (its `TensorIdentity`) is not a backend's business: the framework adapters learn it from
+Horovod's optimizer and hand it to `Compressor.compress`.
 
 Arithmetic between tensors (``+``, ``-``, ``*``, ``/``, ``@``) is used directly: NumPy arrays, torch
 tensors and TensorFlow tensors all overload these operators in the same way.
@@ -36,22 +38,7 @@ class TensorIdentity:
     name: str
     op: ReduceOp
     group_size: int
-    process_set: Any = None
-
-    @classmethod
-    def from_horovod(cls, name: str, op, process_set, hvd) -> "TensorIdentity":
-        """From a Horovod op and process set; ``hvd`` is the framework's Horovod module
-        (``horovod.torch`` or ``horovod.tensorflow``), None meaning its defaults."""
-        if op is None or op == hvd.Average:
-            reduce_op = ReduceOp.AVERAGE
-        elif op == hvd.Sum:
-            reduce_op = ReduceOp.SUM
-        else:
-            raise ValueError(f"gradient compression supports op=hvd.Average and op=hvd.Sum, got "
-                             f"op={op} (Adasum is not linear: compressed factors cannot be combined by it)")
-        if process_set is None:
-            process_set = hvd.global_process_set
-        return cls(name, reduce_op, process_set.size(), process_set)
+    process_set: Any = None  # the framework's Horovod process set (None: the reference's ranks)
 
 
 class Backend(abc.ABC):
@@ -66,11 +53,6 @@ class Backend(abc.ABC):
     deferred: bool = True
     #: dtypes the all-reduce cannot carry (Horovod 0.28.1 has no bfloat16 all-reduce)
     allreduce_unsupported_dtypes: frozenset = frozenset()
-
-    # ------------------------------------------------------------------ identification
-    @abc.abstractmethod
-    def identify(self, tensor) -> TensorIdentity:
-        """Name the gradient ``tensor`` is (rank-consistent) and how it will be reduced."""
 
     # ------------------------------------------------------------------ tensor facts
     @abc.abstractmethod
@@ -171,8 +153,8 @@ class Backend(abc.ABC):
     def new_state(self, value, key: str = ""):
         """A mutable slot for per-tensor state (error buffer, Q, counters) holding ``value``.
 
-        ``key`` is a stable, rank-independent name for the slot (``<tensor name>/<field>``) that
-        checkpointing backends may use."""
+        ``key`` is a stable, rank-independent name for the slot (``<tensor name>/<field>``);
+        compressors create slots through `Compressor._new_slot`, which adapters extend."""
         return _Slot(value)
 
     def read_state(self, slot):
@@ -201,11 +183,6 @@ class Backend(abc.ABC):
         for flag in flags[1:]:
             result = result & flag
         return result
-
-    def known_names(self):
-        """Names of every parameter the calling optimizer reduces (to match restored state
-        against), or None where the backend cannot tell."""
-        return None
 
     # ------------------------------------------------------------------ control flow
     def cond(self, predicate, true_fn, false_fn):

@@ -1,9 +1,12 @@
 """What every compressor shares: Horovod's interface, per-tensor state, step bookkeeping, stats.
 
 Horovod calls ``compress(tensor) -> (tensor, ctx)`` before its all-reduce and ``decompress(tensor,
-ctx)`` on the result. Subclasses implement the algorithm in `_compress` / `_decompress` and, when they
-need a collective of their own after Horovod's, `_finish_step`, which runs once the last tensor of a
-step has been decompressed (deferred backends) — the place where a second round is waited for.
+ctx)`` on the result. Which gradient ``tensor`` is comes from the framework adapter (`identify`,
+which finds Horovod's optimizer) or, for the core classes on their own, from the caller
+(``compress(tensor, identity)``). Subclasses implement the algorithm in `_compress` /
+`_decompress` and, when they need a collective of their own after Horovod's, `_finish_step`, which
+runs once the last tensor of a step has been decompressed (deferred backends) — the place where a
+second round is waited for.
 
 Reliability rules every compressor follows (README, "Where it refuses"):
 
@@ -75,10 +78,12 @@ class Compressor:
         return sum(t.nbytes for t in self.transfers(shape, dtype))
 
     # ------------------------------------------------------------------ Horovod's interface
-    def compress(self, tensor):
-        """Compress a gradient; returns (tensor for Horovod's collective, ctx)."""
+    def compress(self, tensor, identity: TensorIdentity | None = None):
+        """Compress a gradient; returns (tensor for Horovod's collective, ctx). ``identity`` says
+        which gradient it is; None asks `identify` (what Horovod's optimizers get)."""
         start = self.backend.clock()
-        identity = self.backend.identify(tensor)
+        if identity is None:
+            identity = self.identify(tensor)
         dtype = self.backend.dtype_name(tensor)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"{type(self).__name__}: gradient {identity.name!r} has dtype {dtype}; "
@@ -121,6 +126,25 @@ class Compressor:
         if step_ends:
             self._stats.end_step()
         return out
+
+    # ------------------------------------------------------------------ for the framework adapters
+    def identify(self, tensor) -> TensorIdentity:
+        """Which gradient ``tensor`` is (a rank-consistent name) and how Horovod reduces it. The
+        framework adapters (``horovod_powersgd.torch``, ``.tensorflow``) find it from Horovod's
+        optimizer; a core class on its own knows no optimizer and needs ``compress(tensor, identity)``."""
+        raise TypeError(f"{type(self).__name__}: which gradient is this? Pass compress(tensor, "
+                        f"identity), or use the class from horovod_powersgd.torch or .tensorflow")
+
+    def _known_names(self):
+        """Names of every parameter the calling optimizer reduces (to match restored state
+        against), or None where they are unknown (the adapters ask Horovod's optimizer)."""
+        return None
+
+    def _new_slot(self, value, key: str):
+        """A backend slot for per-tensor state holding ``value``; ``key`` (``<tensor name>/<field>``)
+        is stable and rank-independent. Every piece of state is created here: the TensorFlow adapter
+        extends it to track the variable for ``tf.train.Checkpoint``."""
+        return self.backend.new_state(value, key=key)
 
     # ------------------------------------------------------------------ for subclasses
     def _compress(self, tensor, ctx: Ctx):
@@ -199,7 +223,7 @@ class Compressor:
         if unmatched:
             raise ValueError(
                 f"{type(self).__name__}: the restored state has entries for {unmatched}, which match "
-                f"no parameter of this optimizer (its parameters: {sorted(self.backend.known_names() or [])}). "
+                f"no parameter of this optimizer (its parameters: {sorted(self._known_names() or [])}). "
                 f"The parameter names changed since the state was saved; refusing to start those "
                 f"tensors fresh silently. Rename the entries of state_dict['tensors'] to the new names.")
         self._agreed = True
@@ -208,7 +232,7 @@ class Compressor:
     def _unmatched_restored_names(self) -> list:
         if not self._restored_names:
             return []
-        known = self.backend.known_names()
+        known = self._known_names()
         return [] if known is None else sorted(self._restored_names - set(known))
 
     def _nbytes(self, tensor) -> int:

@@ -215,7 +215,7 @@ class PowerSGD(Compressor):
         state = self._tensors.get(name)
         if state is None:
             state = self._tensors[name] = self._new_state(ctx.shape)
-            state.step = self.backend.new_state(0, key=f"{name}/step")
+            state.step = self._new_slot(0, f"{name}/step")
         elif state.shape != ctx.shape:
             raise ValueError(f"PowerSGD: gradient {name!r} changed shape from {state.shape} to "
                              f"{ctx.shape}; state is keyed by parameter name")
@@ -253,21 +253,21 @@ class PowerSGD(Compressor):
             return b.cast(b.seeded_normal((state.rank, m), key, compressed_step, like=like), dtype)
         if state.q is None:
             initial = np.ascontiguousarray(self.initial_q(m, state.rank).T)
-            state.q = b.new_state(b.cast(b.from_numpy(initial, like=like), dtype), key=f"{name}/q")
+            state.q = self._new_slot(b.cast(b.from_numpy(initial, like=like), dtype), f"{name}/q")
         return b.to_device_of(b.read_state(state.q), like)
 
     def _p_t(self, name: str, state: _TensorState, like, dtype: str):
         """Last step's reduced Pᵀ (r×n), single-round only; zeros until the first P-step."""
         b = self.backend
         if state.p is None:
-            state.p = b.new_state(b.zeros((state.rank, state.matrix[0]), dtype, like=like),
-                                  key=f"{name}/p")
+            state.p = self._new_slot(b.zeros((state.rank, state.matrix[0]), dtype, like=like),
+                                     f"{name}/p")
         return b.to_device_of(b.read_state(state.p), like)
 
     def _error(self, name: str, state: _TensorState, like, dtype: str):
         b = self.backend
         if state.error is None:
-            state.error = b.new_state(b.zeros(state.matrix, dtype, like=like), key=f"{name}/error")
+            state.error = self._new_slot(b.zeros(state.matrix, dtype, like=like), f"{name}/error")
         error = b.read_state(state.error)
         moved = b.to_device_of(error, like)
         if moved is not error:  # restored on the host: keep the device copy (it is written in place)
@@ -553,8 +553,8 @@ class PowerSGD(Compressor):
     def _import_tensor_state(self, name: str, value: dict) -> _TensorState:
         state = self._new_state(tuple(value["shape"]))
         b = self.backend
-        state.step = b.new_state(int(value["step"]), key=f"{name}/step")
+        state.step = self._new_slot(int(value["step"]), f"{name}/step")
         for field in ("q", "p", "error"):
             if value.get(field) is not None:
-                setattr(state, field, b.new_state(b.import_tensor(value[field]), key=f"{name}/{field}"))
+                setattr(state, field, self._new_slot(b.import_tensor(value[field]), f"{name}/{field}"))
         return state

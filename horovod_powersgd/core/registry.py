@@ -66,14 +66,3 @@ def adapt_all(adapter: type, module: str, extra_bases: tuple = ()) -> Dict[str, 
     return {core.__name__: type(core.__name__, (adapter, core, *extra_bases),
                                 {"__doc__": core.__doc__, "__module__": module})
             for core in COMPRESSORS.values()}
-
-
-def build_from_spec(spec: str, classes: Dict[str, type], horovod_module: str):
-    """The compressor a spec names, from a framework's ``classes`` (see `adapt_all`); ``"none"``
-    gives ``<horovod_module>.Compression.none`` (Horovod's own: no compression)."""
-    name, kwargs = parse_spec(spec)
-    if name == "none":
-        import importlib
-
-        return importlib.import_module(horovod_module).Compression.none
-    return classes[COMPRESSORS[name].__name__](**kwargs)

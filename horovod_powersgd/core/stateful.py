@@ -39,11 +39,11 @@ class StatefulCompressor(Compressor):
         state = self._tensors.get(name)
         if state is None:
             b = self.backend
-            slots = {field: b.new_state(b.zeros((numel(ctx.shape),), compute_dtype(ctx.dtype),
-                                                like=like), key=f"{name}/{field}")
+            slots = {field: self._new_slot(b.zeros((numel(ctx.shape),), compute_dtype(ctx.dtype),
+                                                   like=like), f"{name}/{field}")
                      for field in self.buffers}
             if self.counts_steps:
-                slots["step"] = b.new_state(0, key=f"{name}/step")
+                slots["step"] = self._new_slot(0, f"{name}/step")
             state = self._tensors[name] = TensorState(ctx.shape, slots)
         elif state.shape != ctx.shape:
             raise ValueError(f"{type(self).__name__}: gradient {name!r} changed shape from "
@@ -93,8 +93,8 @@ class StatefulCompressor(Compressor):
         if set(value["slots"]) != expected:
             raise ValueError(f"{type(self).__name__}: saved state of {name!r} has fields "
                              f"{sorted(value['slots'])}, expected {sorted(expected)}")
-        slots = {field: b.new_state(int(saved) if field == "step" else b.import_tensor(saved),
-                                    key=f"{name}/{field}")
+        slots = {field: self._new_slot(int(saved) if field == "step" else b.import_tensor(saved),
+                                       f"{name}/{field}")
                  for field, saved in value["slots"].items()}
         return TensorState(tuple(value["shape"]), slots)
 

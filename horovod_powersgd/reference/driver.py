@@ -5,11 +5,14 @@ from typing import Dict
 
 import numpy as np
 
+from ..core.backend import ReduceOp, TensorIdentity
 
-def reduce_gradients(compressor, gradients: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+
+def reduce_gradients(compressor, gradients: Dict[str, np.ndarray],
+                     op: ReduceOp = ReduceOp.AVERAGE) -> Dict[str, np.ndarray]:
     """One step of Horovod's pattern for every named gradient: compress all, all-reduce each result
-    (Horovod's optimizers only ever all-reduce what ``compress`` returns; all-gather compressors
-    start their all-gathers inside ``compress``), then decompress all in the same order.
+    with ``op`` (Horovod's optimizers only ever all-reduce what ``compress`` returns; all-gather
+    compressors start their all-gathers inside ``compress``), then decompress all in the same order.
 
     ``compressor.backend`` must be a `NumpyBackend`. Returns the reduced gradients by name.
     """
@@ -17,8 +20,7 @@ def reduce_gradients(compressor, gradients: Dict[str, np.ndarray]) -> Dict[str, 
     submitted = []
     for name, grad in gradients.items():
         grad = np.array(grad, copy=True)  # the compressor may use it as scratch, as Horovod's may
-        backend.name_tensor(grad, name)
-        wire, ctx = compressor.compress(grad)
+        wire, ctx = compressor.compress(grad, TensorIdentity(name, op, backend.comm.size))
         handle = backend.comm.allreduce_async(wire, f"horovod.{name}", ctx.identity.op)
         submitted.append((name, handle, ctx))
     results = {}

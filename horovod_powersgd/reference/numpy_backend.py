@@ -1,35 +1,22 @@
 """`Backend` on NumPy arrays: the reference implementation of every compressor."""
 from __future__ import annotations
 
-from typing import Dict
-
 import numpy as np
 
-from ..core.backend import Backend, ReduceOp, TensorIdentity
+from ..core.backend import Backend
 
 
 class NumpyBackend(Backend):
     """NumPy tensors plus a communicator (`ThreadGroup` rank or `MPICommunicator`).
 
-    Horovod knows a gradient by its parameter; here the caller says which array is which with
-    `name_tensor` (the reference driver does it for you).
+    Horovod knows a gradient by its parameter; here the caller says which array is which by passing
+    its identity to ``compress`` (the reference driver, `reduce_gradients`, does it for you).
     """
 
     deferred = True
 
-    def __init__(self, communicator, op: ReduceOp = ReduceOp.AVERAGE):
+    def __init__(self, communicator):
         self.comm = communicator
-        self.op = op
-        self._names: Dict[int, str] = {}
-
-    def name_tensor(self, array, name: str) -> None:
-        self._names[id(array)] = name
-
-    def identify(self, tensor) -> TensorIdentity:
-        name = self._names.pop(id(tensor), None)
-        if name is None:
-            raise KeyError("NumpyBackend: name the array with name_tensor() before compressing it")
-        return TensorIdentity(name, self.op, self.comm.size)
 
     def shape(self, tensor):
         return tuple(np.shape(tensor))

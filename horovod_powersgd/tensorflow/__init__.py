@@ -20,40 +20,56 @@ import re
 
 import tensorflow as tf
 
-from ..core.registry import adapt_all, build_from_spec
+from .. import glue
+from ..core.registry import adapt_all
 from ..core.stats import CompressionStats, StepBytes
 from .backend import TensorFlowBackend
+from .naming import VariableNamer
 
 _Trackable = tf.__internal__.tracking.Trackable
 
 
 class _TensorFlowAdapter:
-    """Mixed into each core compressor: binds it to TensorFlow and horovod.tensorflow."""
+    """Mixed into each core compressor: binds it to TensorFlow (`TensorFlowBackend`), names its
+    gradients from ``horovod.tensorflow``'s ``allreduce_grads`` (`VariableNamer`) and tracks its
+    state for ``tf.train.Checkpoint``."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(TensorFlowBackend(self), *args, **kwargs)
+        self._namer = VariableNamer()
+        super().__init__(TensorFlowBackend(), *args, **kwargs)
         self._graph_counts = {}  # tensor name -> (tf.Variable step count, uncompressed, sent bytes)
 
     # Trackable's default equality/hash are identity-based; Horovod caches its traced all-reduce
     # function keyed on the compression object, so it must stay hashable.
     __hash__ = object.__hash__
 
-    def _track_state(self, variable, key: str) -> None:
-        """Track a state variable for ``tf.train.Checkpoint`` under ``grad<i>_<field>`` (see
-        `VariableNamer.checkpoint_key`), not under the variable's name, which a rebuilt model
+    def identify(self, tensor):
+        return self._namer.identify(tensor, self)
+
+    def _known_names(self):
+        return self._namer.known_names()
+
+    def _new_slot(self, value, key: str):
+        """The backend's variable, tracked for ``tf.train.Checkpoint`` under ``grad<i>_<field>``
+        (see `VariableNamer.checkpoint_key`), not under the variable's name, which a rebuilt model
         changes; state restored from ``load_state_dict`` before its variable was seen keeps its
         name."""
+        variable = super()._new_slot(value, key)
         name, _, field = key.rpartition("/")
-        position = self.backend.namer.checkpoint_key(name)
+        position = self._namer.checkpoint_key(name)
         key = key if position is None else f"{position}/{field}"
-        self._track_trackable(variable, name=re.sub(r"[^A-Za-z0-9_]", "_", key), overwrite=True)
+        # Tracking may restore a checkpointed value into the new variable (deferred restore):
+        # that must happen eagerly, not as an op of the graph being traced.
+        with tf.init_scope():
+            self._track_trackable(variable, name=re.sub(r"[^A-Za-z0-9_]", "_", key), overwrite=True)
+        return variable
 
     def _unmatched_restored_names(self) -> list:
         """Also checkpointed state (``tf.train.Checkpoint``, restored before the first step) whose
         ``grad<i>`` is beyond the variables this model has: a different architecture."""
         unmatched = super()._unmatched_restored_names()
         pending = getattr(self, "_deferred_dependencies", None) or {}
-        known = self.backend.namer.checkpoint_keys()
+        known = self._namer.checkpoint_keys()
         return unmatched + sorted(key for key in pending if key.rpartition("_")[0] not in known)
 
     # ------------------------------------------------------------------ stats in graph mode
@@ -114,7 +130,7 @@ globals().update(_CLASSES)
 def from_spec(spec: str):
     """A compressor from a string such as ``"powersgd:rank=2"``; ``"none"`` gives Horovod's
     ``Compression.none``."""
-    return build_from_spec(spec, _CLASSES, "horovod.tensorflow")
+    return glue.from_spec(spec, _CLASSES, "horovod.tensorflow")
 
 
 __all__ = [*_CLASSES, "from_spec", "TensorFlowBackend"]

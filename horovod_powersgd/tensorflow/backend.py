@@ -12,20 +12,13 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from ..core.backend import Backend, ReduceOp, TensorIdentity
-from .naming import VariableNamer
+from ..core.backend import Backend
+from ..glue import horovod_op
 
 
 class TensorFlowBackend(Backend):
     deferred = False
     allreduce_unsupported_dtypes = frozenset({"bfloat16"})  # Horovod 0.28.1 refuses it
-
-    def __init__(self, owner):
-        self.namer = VariableNamer(owner)
-        self._owner = owner
-
-    def identify(self, tensor) -> TensorIdentity:
-        return self.namer.identify(tensor)
 
     def shape(self, tensor):
         shape = tensor.shape
@@ -107,9 +100,6 @@ class TensorFlowBackend(Backend):
     def all_true(self, flags):
         return tf.reduce_all(tf.stack(list(flags)))
 
-    def known_names(self):
-        return self.namer.known_names()
-
     def rows(self, matrix):
         return tf.unstack(matrix, axis=0)
 
@@ -124,8 +114,8 @@ class TensorFlowBackend(Backend):
 
     # ------------------------------------------------------------------ state: tf.Variables
     def new_state(self, value, key: str = ""):
-        """A non-trainable variable holding ``value``, created eagerly (outside any trace) and
-        tracked by the compressor for ``tf.train.Checkpoint`` under ``key``."""
+        """A non-trainable variable holding ``value``, created eagerly (outside any trace); the
+        TensorFlow adapter tracks it for ``tf.train.Checkpoint`` (`Compressor._new_slot`)."""
         if isinstance(value, (int, np.integer)):
             value = np.int64(value)
         elif tf.is_tensor(value):
@@ -135,9 +125,6 @@ class TensorFlowBackend(Backend):
             dynamic = tf.is_tensor(value) and not hasattr(value, "numpy")
             initial = tf.zeros(value.shape, value.dtype) if dynamic else value
             variable = tf.Variable(initial, trainable=False)
-            # Tracking may restore a checkpointed value into the new variable (deferred restore):
-            # that must happen eagerly, not as an op of the graph being traced.
-            self._owner._track_state(variable, key)
         if dynamic:
             variable.assign(value)
         return variable
@@ -167,8 +154,7 @@ class TensorFlowBackend(Backend):
     def allreduce_async(self, tensor, name, identity):
         import horovod.tensorflow as hvd
 
-        op = hvd.Average if identity.op is ReduceOp.AVERAGE else hvd.Sum
-        return hvd.allreduce(tensor, op=op, process_set=identity.process_set,
+        return hvd.allreduce(tensor, op=horovod_op(identity.op, hvd), process_set=identity.process_set,
                              name=_op_name(name))
 
     def allgather_async(self, tensor, name, identity):

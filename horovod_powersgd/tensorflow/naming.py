@@ -12,29 +12,29 @@ us. Nothing in Horovod is patched.
 from __future__ import annotations
 
 import sys
-import weakref
 
 from ..core.backend import TensorIdentity
+from ..glue import identity
 
 _MAX_FRAMES = 80  # tf.cond tracing and AutoGraph put ~30 frames between allreduce_grads and us
 
 
 class VariableNamer:
-    def __init__(self, owner):
-        self._owner = weakref.ref(owner)
+    """Names gradients for one compressor, which passes itself (``compression``) to `identify`."""
+
+    def __init__(self):
         self._names = {}  # variable.ref() -> unique name
         self._taken = set()
         self._positions = {}  # unique name -> order of first sight (0, 1, ...)
 
-    def identify(self, tensor) -> TensorIdentity:
-        owner = self._owner()
+    def identify(self, tensor, compression) -> TensorIdentity:
         op = process_set = variable = None
         frame = sys._getframe(2)
         for _ in range(_MAX_FRAMES):
             if frame is None:
                 break
             local = frame.f_locals
-            if op is None and local.get("compression") is owner and "op" in local:
+            if op is None and local.get("compression") is compression and "op" in local:
                 op, process_set = local["op"], local.get("process_set")
             grads, variables = local.get("grads"), local.get("vars")
             if variables is not None and isinstance(grads, (list, tuple)):
@@ -49,7 +49,7 @@ class VariableNamer:
             frame = frame.f_back
         if variable is None:
             raise LookupError(
-                f"{type(owner).__name__}: cannot tell which variable this gradient (shape "
+                f"{type(compression).__name__}: cannot tell which variable this gradient (shape "
                 f"{tensor.shape}) belongs to. Use it through hvd.DistributedGradientTape(..., "
                 f"compression=...) or hvd.DistributedOptimizer(..., compression=...).")
         return self._identity(self._name_of(variable), op, process_set)
@@ -95,4 +95,4 @@ class VariableNamer:
     def _identity(name, op, process_set) -> TensorIdentity:
         import horovod.tensorflow as hvd
 
-        return TensorIdentity.from_horovod(name, op, process_set, hvd)
+        return identity(name, op, process_set, hvd)

@@ -11,19 +11,29 @@ taking the same keyword arguments as the core class (without the backend).
 """
 from __future__ import annotations
 
-from ..core.registry import adapt_all, build_from_spec
+from .. import glue
+from ..core.registry import adapt_all
 from .backend import TorchBackend
+from .naming import ParameterNamer
 
 
 class _TorchAdapter:
-    """Mixed into each core compressor: binds it to PyTorch tensors and horovod.torch."""
+    """Mixed into each core compressor: binds it to PyTorch tensors (`TorchBackend`) and names its
+    gradients from the calling ``horovod.torch`` optimizer (`ParameterNamer`)."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(TorchBackend(self), *args, **kwargs)
+        self._namer = ParameterNamer()
+        super().__init__(TorchBackend(), *args, **kwargs)
+
+    def identify(self, tensor):
+        return self._namer.identify(tensor, self)
+
+    def _known_names(self):
+        return self._namer.known_names(self)
 
     def register_parameters(self, named_parameters):
         """Name parameters for callers that are not a Horovod optimizer (e.g. ``hvd.allreduce``)."""
-        self.backend.namer.register(named_parameters)
+        self._namer.register(named_parameters)
         return self
 
 
@@ -41,7 +51,7 @@ except ImportError:  # Horovod without PyTorch elastic support
 def from_spec(spec: str):
     """A compressor from a string such as ``"powersgd:rank=2"``; ``"none"`` gives Horovod's
     ``Compression.none``."""
-    return build_from_spec(spec, _CLASSES, "horovod.torch")
+    return glue.from_spec(spec, _CLASSES, "horovod.torch")
 
 
 __all__ = [*_CLASSES, "from_spec", "TorchBackend"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.backend import Backend, ReduceOp, TensorIdentity
-from .naming import ParameterNamer
+from ..core.backend import Backend
+from ..glue import horovod_op
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
            "float64": torch.float64, "uint8": torch.uint8, "int16": torch.int16,
@@ -16,12 +16,6 @@ _BIT_SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)  # MSB first, as numpy.
 class TorchBackend(Backend):
     deferred = True  # Horovod's torch collectives return handles; outputs are filled in place later
     allreduce_unsupported_dtypes = frozenset({"bfloat16"})  # Horovod 0.28.1 refuses it
-
-    def __init__(self, owner):
-        self.namer = ParameterNamer(owner)
-
-    def identify(self, tensor) -> TensorIdentity:
-        return self.namer.identify(tensor)
 
     def shape(self, tensor):
         return tuple(tensor.shape)
@@ -63,9 +57,6 @@ class TorchBackend(Backend):
 
     def all_true(self, flags):
         return torch.stack([flag.to(flags[0].device) for flag in flags]).all()
-
-    def known_names(self):
-        return self.namer.known_names()
 
     def rows(self, matrix):
         return list(matrix.unbind(0))
@@ -140,15 +131,14 @@ class TorchBackend(Backend):
     def allreduce_async(self, tensor, name, identity):
         import horovod.torch as hvd
 
-        op = hvd.Average if identity.op is ReduceOp.AVERAGE else hvd.Sum
-        return hvd.allreduce_async(tensor.contiguous(), name=name, op=op,
+        return hvd.allreduce_async(tensor.contiguous(), name=name, op=horovod_op(identity.op, hvd),
                                    process_set=identity.process_set)
 
     def grouped_allreduce_async(self, tensors, name, identity):
         import horovod.torch as hvd
 
-        op = hvd.Average if identity.op is ReduceOp.AVERAGE else hvd.Sum
-        return hvd.grouped_allreduce_async([t.contiguous() for t in tensors], name=name, op=op,
+        return hvd.grouped_allreduce_async([t.contiguous() for t in tensors], name=name,
+                                           op=horovod_op(identity.op, hvd),
                                            process_set=identity.process_set)
 
     def wait_group(self, handle):

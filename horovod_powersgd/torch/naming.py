@@ -15,16 +15,18 @@ key per-tensor state. Two ways to learn the parameter:
 from __future__ import annotations
 
 import sys
-import weakref
 
 from ..core.backend import TensorIdentity
+from ..glue import identity
 
 _MAX_FRAMES = 12
 
 
 class ParameterNamer:
-    def __init__(self, owner):
-        self._owner = weakref.ref(owner)
+    """Names gradients for one compressor, which passes itself (``compression``) to every lookup:
+    the Horovod optimizer calling us is the one whose ``_compression`` it is."""
+
+    def __init__(self):
         self._registered = {}  # parameter -> name (explicit registration)
         self._grad_index = {}  # id(optimizer) -> {id(p.grad): parameter}
 
@@ -35,45 +37,45 @@ class ParameterNamer:
                                  "e.g. model.named_parameters()")
             self._registered[item[1]] = item[0]
 
-    def identify(self, tensor) -> TensorIdentity:
-        optimizer = self._calling_optimizer()
+    def identify(self, tensor, compression) -> TensorIdentity:
+        optimizer = self._calling_optimizer(compression)
         if optimizer is not None:
-            return self._identify_with_optimizer(optimizer, tensor)
+            return self._identify_with_optimizer(optimizer, tensor, compression)
         for parameter, name in self._registered.items():
             if parameter.grad is tensor:
                 return self._identity(name, op=None, process_set=None)
         raise LookupError(
-            f"{type(self._owner()).__name__}: cannot tell which parameter this gradient "
+            f"{type(compression).__name__}: cannot tell which parameter this gradient "
             f"(shape {tuple(tensor.shape)}) belongs to. Pass the compressor to "
             f"hvd.DistributedOptimizer(..., compression=...), or call "
             f"compression.register_parameters(model.named_parameters()) first.")
 
-    def known_names(self):
+    def known_names(self, compression):
         """Every name state may be keyed by: the calling Horovod optimizer's parameter names (or the
         registered ones); None when neither is known."""
-        optimizer = self._calling_optimizer()
+        optimizer = self._calling_optimizer(compression)
         if optimizer is not None:
             return set(optimizer._parameter_names.values())
         return set(self._registered.values()) or None
 
     # ------------------------------------------------------------------ internals
-    def _calling_optimizer(self):
-        owner = self._owner()
+    @staticmethod
+    def _calling_optimizer(compression):
         frame = sys._getframe(2)
         for _ in range(_MAX_FRAMES):
             if frame is None:
                 return None
             candidate = frame.f_locals.get("self")
-            if candidate is not None and getattr(candidate, "_compression", None) is owner \
+            if candidate is not None and getattr(candidate, "_compression", None) is compression \
                     and hasattr(candidate, "_parameter_names"):
                 return candidate
             frame = frame.f_back
         return None
 
-    def _identify_with_optimizer(self, optimizer, tensor) -> TensorIdentity:
+    def _identify_with_optimizer(self, optimizer, tensor, compression) -> TensorIdentity:
         if hasattr(optimizer, "_starting_models"):  # horovod.torch.optimizer._DistributedAdasumOptimizer
             raise ValueError(
-                f"{type(self._owner()).__name__} cannot be used with op=hvd.Adasum: Horovod's Adasum "
+                f"{type(compression).__name__} cannot be used with op=hvd.Adasum: Horovod's Adasum "
                 f"optimizer compresses parameter deltas, not gradients, and Adasum is not linear, so "
                 f"low-rank factors cannot be combined by it. Use op=hvd.Average or hvd.Sum.")
         index = self._grad_index.get(id(optimizer))
@@ -84,7 +86,7 @@ class ParameterNamer:
             parameter = index.get(id(tensor))
         if parameter is None:
             raise LookupError(
-                f"{type(self._owner()).__name__}: the tensor handed to compress() is not the .grad of "
+                f"{type(compression).__name__}: the tensor handed to compress() is not the .grad of "
                 f"any parameter of the calling Horovod optimizer (sparse_as_dense=True densifies "
                 f"gradients into new tensors; PowerSGD does not support that option)")
         return self._identity(optimizer._parameter_names[parameter], optimizer.op, optimizer.process_set)
@@ -93,4 +95,4 @@ class ParameterNamer:
     def _identity(name, op, process_set) -> TensorIdentity:
         import horovod.torch as hvd
 
-        return TensorIdentity.from_horovod(name, op, process_set, hvd)
+        return identity(name, op, process_set, hvd)

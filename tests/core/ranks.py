@@ -20,8 +20,8 @@ def simulate(make, steps: int, gradients, size: int = 2, op=ReduceOp.AVERAGE, af
     """
 
     def rank_main(comm):
-        compressor = make(NumpyBackend(comm, op=op))
-        outputs = [reduce_gradients(compressor, gradients(comm.rank, step)) for step in range(steps)]
+        compressor = make(NumpyBackend(comm))
+        outputs = [reduce_gradients(compressor, gradients(comm.rank, step), op) for step in range(steps)]
         return outputs, compressor, after(compressor) if after else None
 
     return ThreadGroup(size).run(rank_main)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from horovod_powersgd.core.backend import ReduceOp
+from horovod_powersgd.core.backend import ReduceOp, TensorIdentity
 from horovod_powersgd.core.powersgd import PowerSGD, matrix_shape
 from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradients
 
@@ -10,8 +10,8 @@ from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradien
 def run(size, make, gradients_of, steps, op=ReduceOp.AVERAGE):
     """Per rank: the list of reduced gradients of each step, and the compressor."""
     def body(comm):
-        compressor = make(NumpyBackend(comm, op))
-        outs = [reduce_gradients(compressor, gradients_of(comm.rank, s)) for s in range(steps)]
+        compressor = make(NumpyBackend(comm))
+        outs = [reduce_gradients(compressor, gradients_of(comm.rank, s), op) for s in range(steps)]
         return outs, compressor
 
     return ThreadGroup(size).run(body)
@@ -166,11 +166,9 @@ def test_integer_gradients_are_refused():
 def test_abandoned_step_is_detected():
     c = PowerSGD(NumpyBackend(ThreadGroup(1).communicator(0)), rank=1)
     g = np.ones((8, 8), np.float32)
-    c.backend.name_tensor(g, "w")
-    c.compress(g)
-    c.backend.name_tensor(g, "w")
+    c.compress(g, TensorIdentity("w", ReduceOp.AVERAGE, 1))
     with pytest.raises(RuntimeError, match="compressed again"):
-        c.compress(g)
+        c.compress(g, TensorIdentity("w", ReduceOp.AVERAGE, 1))
 
 
 def test_loading_other_config_is_refused():

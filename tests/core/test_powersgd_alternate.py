@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from horovod_powersgd.core.backend import ReduceOp
+from horovod_powersgd.core.backend import ReduceOp, TensorIdentity
 from horovod_powersgd.core.powersgd import PowerSGD
 from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradients
 
@@ -219,8 +219,7 @@ def test_p_steps_and_q_steps_put_one_shape_on_the_wire():
         wires = []
         for s in range(3):
             grad = random_gradients(shapes, comm.rank, s)["w"]
-            c.backend.name_tensor(grad, "w")
-            wire, ctx = c.compress(grad)
+            wire, ctx = c.compress(grad, TensorIdentity("w", ReduceOp.AVERAGE, comm.size))
             wires.append(np.shape(wire))
             c.decompress(c.backend.wait(c.backend.allreduce_async(wire, "w", ctx.identity)), ctx)
         return wires

@@ -33,7 +33,7 @@ def test_registered_parameters_are_recognised():
     weight = torch.nn.Parameter(torch.zeros(16, 12))
     weight.grad = torch.ones(16, 12)
     c = PowerSGD(rank=2).register_parameters([("w", weight)])
-    identity = c.backend.identify(weight.grad)
+    identity = c.identify(weight.grad)
     assert identity.name == "w" and identity.group_size == 1
 
 
