@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Dict
+from types import ModuleType
 
 from .core.backend import ReduceOp, TensorIdentity
 from .core.registry import COMPRESSORS, parse_spec
@@ -39,10 +39,11 @@ def horovod_op(op: ReduceOp, hvd):
     return hvd.Average if op is ReduceOp.AVERAGE else hvd.Sum
 
 
-def from_spec(spec: str, classes: Dict[str, type], horovod_module: str):
-    """The compressor a spec names, built from an adapter's ``classes`` (by class name); ``"none"``
-    gives ``<horovod_module>.Compression.none`` (Horovod's own: no compression)."""
+def from_spec(spec: str, classes: ModuleType, horovod_module: str):
+    """The compressor a spec names, built from the adapter module ``classes`` (the class of the core
+    class's name); ``"none"`` gives ``<horovod_module>.Compression.none`` (Horovod's own: no
+    compression)."""
     name, kwargs = parse_spec(spec)
     if name == "none":
         return importlib.import_module(horovod_module).Compression.none
-    return classes[COMPRESSORS[name].__name__](**kwargs)
+    return getattr(classes, COMPRESSORS[name].__name__)(**kwargs)

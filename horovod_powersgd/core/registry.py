@@ -1,7 +1,8 @@
 """Every compressor the package ships, by the name users type (``--compression powersgd:rank=2``).
 
-Framework adapters build their public classes from this table, so a compressor written once in
-``horovod_powersgd.core`` appears in ``horovod_powersgd.torch`` and ``horovod_powersgd.tensorflow``.
+Each framework adapter (``horovod_powersgd.torch``, ``horovod_powersgd.tensorflow``) writes out one
+class per entry under the core class's name, with the core class's arguments less the backend
+(``tests/test_adapters.py`` checks that they match this table).
 """
 from __future__ import annotations
 
@@ -59,10 +60,3 @@ def build(spec: str, backend=None):
     name, kwargs = parse_spec(spec)
     return None if name == "none" else COMPRESSORS[name](backend, **kwargs)
 
-
-def adapt_all(adapter: type, module: str, extra_bases: tuple = ()) -> Dict[str, type]:
-    """A framework's public class for every registered compressor, by class name: the adapter mixin
-    (which supplies the backend) in front of the core class."""
-    return {core.__name__: type(core.__name__, (adapter, core, *extra_bases),
-                                {"__doc__": core.__doc__, "__module__": module})
-            for core in COMPRESSORS.values()}
