@@ -4,9 +4,9 @@ Horovod calls ``compress(tensor) -> (tensor, ctx)`` before its all-reduce and ``
 ctx)`` on the result. Which gradient ``tensor`` is comes from the framework adapter (`identify`,
 which finds Horovod's optimizer) or, for the core classes on their own, from the caller
 (``compress(tensor, identity)``). Subclasses implement the algorithm in `_compress` /
-`_decompress` and, when they need a collective of their own after Horovod's, `_finish_step`, which
-runs once the last tensor of a step has been decompressed (deferred backends) — the place where a
-second round is waited for.
+`_decompress` and, when they need collectives of their own after Horovod's, `_run_own_rounds`,
+which runs once the last tensor of a step has been decompressed (deferred backends) — the place
+where a second round is sent and waited for.
 
 Reliability rules every compressor follows (README, "Where it refuses"):
 
@@ -117,7 +117,7 @@ class Compressor:
         self._in_flight.discard(ctx.identity.name)
         step_ends = not self._in_flight
         if step_ends:
-            self._finish_step()
+            self._run_own_rounds()
             self._commit_step()
         # the compressor's own work, end-of-step work included; time blocked on its own
         # collectives is communication, counted in wait_seconds instead
@@ -153,8 +153,9 @@ class Compressor:
     def _decompress(self, tensor, ctx: Ctx):
         raise NotImplementedError
 
-    def _finish_step(self) -> None:
-        """Runs after the last in-flight tensor of a step was decompressed."""
+    def _run_own_rounds(self) -> None:
+        """The compressor's own collective rounds after Horovod's: runs once the last in-flight
+        tensor of a step was decompressed, before the step's state is committed."""
 
     def _guard_output(self, out, finite):
         """The output handed to Horovod, given whether the reduced input was finite. Compressors

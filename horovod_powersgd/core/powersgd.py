@@ -39,15 +39,18 @@ response cache renegotiates a tensor whose shape changed, which costs extra roun
 ``min_compression_rate`` go uncompressed.
 
 How the phases map onto Horovod's one-collective hook (docs/design.md, "Phases"):
-  `_compress`       adds the error, computes the factor to send; Horovod all-reduces it with
-                    everything else during backprop.
-  `_decompress`     single-round: rebuilds the gradient and updates the state — done.
-                    classic: orthogonalizes P̄, computes Q, hands Horovod the gradient's output
-                    tensor (on eager backends not yet filled).
-  `_finish_step`    classic, eager backends: once the step's last tensor is decompressed, sends
-                    every layer's Q as one grouped all-reduce (one fused round), runs further power
-                    iterations the same way, and fills every output in place before the optimizer's
-                    step. On graph backends (TensorFlow) these ops are emitted per tensor.
+  `_compress`          adds the error, computes the factor to send; Horovod all-reduces it with
+                       everything else during backprop.
+  `_decompress`        single-round: rebuilds the gradient and updates the state — done
+                       (`_rebuild_from_one_factor`).
+                       classic: orthogonalizes P̄, computes Q (`_compute_q`), hands Horovod the
+                       gradient's output tensor (on eager backends not yet filled).
+  `_run_own_rounds`    classic, eager backends: once the step's last tensor is decompressed, sends
+                       every layer's Q as one grouped all-reduce (`_reduce_q_and_iterate`, one
+                       fused round each: `_fused_allreduce`), runs further power iterations the same
+                       way, and fills every output in place before the optimizer's step
+                       (`_fill_output`). On graph backends (TensorFlow) these ops are emitted per
+                       tensor.
 
 A step whose all-reduced factor is not finite (an inf/NaN gradient on any rank, as under dynamic
 loss scaling) leaves every piece of state as it was — error, factors, step counter — and hands the
@@ -128,7 +131,7 @@ class _TensorState:
 
 @dataclasses.dataclass
 class _Job:
-    """One tensor of the classic scheme between `_decompress` and the end of `_finish_step`."""
+    """One tensor of the classic scheme between `_decompress` and the end of `_run_own_rounds`."""
 
     ctx: Ctx
     state: _TensorState
@@ -178,9 +181,9 @@ class PowerSGD(Compressor):
         """Per step after ``start_step``, for a compressed n×m matrix (numbers in ``wire_dtype``,
         else the compute dtype): classic, iteration i = 0 … k−1 sends Pᵀ (r·n) in round 2i and Qᵀ
         (r·m) in round 2i + 1 — round 0 is Horovod's own all-reduce, fused with every uncompressed
-        tensor, the rest our grouped all-reduces (`_round`); single-round, P or Q flat and padded to
-        r·max(n, m) numbers (`_flat_wire`) in round 0. Other tensors go as they are."""
-        state = self._new_state(tuple(shape))
+        tensor, the rest our grouped all-reduces (`_fused_allreduce`); single-round, P or Q flat and
+        padded to r·max(n, m) numbers (`_flat_wire`) in round 0. Other tensors go as they are."""
+        state = self._plan(tuple(shape))
         if state.matrix is None:
             return raw(shape, dtype)
         (n, m), r = state.matrix, state.rank
@@ -214,14 +217,14 @@ class PowerSGD(Compressor):
         name = ctx.identity.name
         state = self._tensors.get(name)
         if state is None:
-            state = self._tensors[name] = self._new_state(ctx.shape)
+            state = self._tensors[name] = self._plan(ctx.shape)
             state.step = self._new_slot(0, f"{name}/step")
         elif state.shape != ctx.shape:
             raise ValueError(f"PowerSGD: gradient {name!r} changed shape from {state.shape} to "
                              f"{ctx.shape}; state is keyed by parameter name")
         return state
 
-    def _new_state(self, shape: tuple) -> _TensorState:
+    def _plan(self, shape: tuple) -> _TensorState:
         if len(shape) < 2:
             return _TensorState(shape, None, 0)
         n, m = matrix_shape(shape)
@@ -353,8 +356,8 @@ class PowerSGD(Compressor):
             return b.cond(step < self.cfg.start_step,
                           lambda: self._warmup_done(state, step, b.wait(b.allreduce_async(
                               gradient, f"powersgd.warmup.{ctx.identity.name}", ctx.identity)), ctx),
-                          lambda: self._orthogonalize_p(reduced, ctx, state, M, step))
-        return self._orthogonalize_p(reduced, ctx, state, M, step)
+                          lambda: self._compute_q(reduced, ctx, state, M, step))
+        return self._compute_q(reduced, ctx, state, M, step)
 
     def _rebuild_from_one_factor(self, reduced, ctx: Ctx):
         """Single-round: G' = (reduced factor) × (shared factor); the state moves on."""
@@ -371,7 +374,7 @@ class PowerSGD(Compressor):
         def after_q_step():
             return left, b.reshape(reduced[:state.rank * m], (state.rank, m))
 
-        def low_rank():
+        def from_factors():
             reduced_left, reduced_right = b.cond(sends_p, after_p_step, after_q_step)
 
             def keep_factor():  # the factor that was sent, reduced, seeds the next step
@@ -392,10 +395,10 @@ class PowerSGD(Compressor):
             return b.cast(b.reshape(out, ctx.shape), ctx.dtype)
 
         if b.deferred:
-            return low_rank()
+            return from_factors()
         return b.cond(step < self.cfg.start_step,
                       lambda: self._warmup_done(state, step, b.reshape(reduced, ctx.shape), ctx),
-                      low_rank)
+                      from_factors)
 
     def _warmup_done(self, state: _TensorState, step, reduced_gradient, ctx: Ctx):
         """Graph backends: a warm-up step's all-reduced gradient, and the step counted."""
@@ -436,24 +439,24 @@ class PowerSGD(Compressor):
         super()._commit_step()
 
     # ------------------------------------------------------------------ classic: P̂ and Q
-    def _orthogonalize_p(self, P_reduced, ctx: Ctx, state: _TensorState, M, step):
+    def _compute_q(self, P_reduced, ctx: Ctx, state: _TensorState, M, step):
         b = self.backend
         dtype = compute_dtype(ctx.dtype)
         P_hat = orthogonalize(b, b.cast(P_reduced, dtype), self.cfg.orthogonalization_epsilon)
         job = _Job(ctx, state, M, P_hat, Q=self._wire(b.matmul(P_hat, M)), step=step)
         if b.deferred:
-            # Q is sent in `_finish_step` with every other layer's as one grouped all-reduce: one
+            # Q is sent in `_run_own_rounds` with every other layer's as one grouped all-reduce: one
             # round. Submitted one by one, as layers are decompressed, they would spread over
             # several of Horovod's cycles (it fuses what every rank submitted by the same cycle),
             # each a round with its own latency.
             job.out = self._output_for(job)
             self._pending.append(job)
         else:
-            self._finish([job])
+            self._reduce_q_and_iterate([job])
         return job.out
 
     def _output_for(self, job: _Job):
-        """The tensor Horovod gets back now and `_finish_step` fills: an n×m buffer viewed in the
+        """The tensor Horovod gets back now and `_run_own_rounds` fills: an n×m buffer viewed in the
         gradient's shape, written directly by the product (a separate tensor to copy into where
         the gradient's dtype is not the compute dtype)."""
         b = self.backend
@@ -463,7 +466,7 @@ class PowerSGD(Compressor):
         job.buffer = b.empty(job.state.matrix, ctx.dtype, like=job.P_hat)
         return b.reshape(job.buffer, ctx.shape)
 
-    def _round(self, jobs: list, tensors: list, round_name: str) -> list:
+    def _fused_allreduce(self, jobs: list, tensors: list, round_name: str) -> list:
         """All-reduce one tensor per job as a single fused round (one grouped all-reduce per
         reduction), wait for it, and return the results in the compute dtype, in job order."""
         b = self.backend
@@ -489,31 +492,31 @@ class PowerSGD(Compressor):
         return results
 
     # ------------------------------------------------------------------ classic: round 2
-    def _finish_step(self) -> None:
+    def _run_own_rounds(self) -> None:
         jobs, self._pending = self._pending, []
         if jobs:
-            self._finish(jobs)
+            self._reduce_q_and_iterate(jobs)
 
-    def _finish(self, jobs: list) -> None:
+    def _reduce_q_and_iterate(self, jobs: list) -> None:
         """Round 2 (Q̄) for all ``jobs`` as one fused round, then k − 1 further P and Q rounds."""
         b = self.backend
         eps = self.cfg.orthogonalization_epsilon
         jobs = sorted(jobs, key=lambda job: job.ctx.identity.name)
-        for job, Q in zip(jobs, self._round(jobs, [job.Q for job in jobs], "Q0")):
+        for job, Q in zip(jobs, self._fused_allreduce(jobs, [job.Q for job in jobs], "Q0")):
             job.Q = Q
         for iteration in range(1, self.cfg.power_iterations):
-            P = self._round(jobs, [self._wire(b.matmul(job.Q, job.M, transpose_b=True))
+            P = self._fused_allreduce(jobs, [self._wire(b.matmul(job.Q, job.M, transpose_b=True))
                                    for job in jobs], f"P{iteration}")
             for job, P_reduced in zip(jobs, P):
                 job.P_hat = orthogonalize(b, P_reduced, eps)
-            Q = self._round(jobs, [self._wire(b.matmul(job.P_hat, job.M)) for job in jobs],
+            Q = self._fused_allreduce(jobs, [self._wire(b.matmul(job.P_hat, job.M)) for job in jobs],
                             f"Q{iteration}")
             for job, Q_reduced in zip(jobs, Q):
                 job.Q = Q_reduced
         for job in jobs:
-            self._complete(job)
+            self._fill_output(job)
 
-    def _complete(self, job: _Job) -> None:
+    def _fill_output(self, job: _Job) -> None:
         """E ← M − P̂ Q̄ᵀ/N-or-1, gradient P̂ Q̄ᵀ into the output, Q̄ kept for the next step."""
         b = self.backend
         state, identity = job.state, job.ctx.identity
@@ -551,7 +554,7 @@ class PowerSGD(Compressor):
         return {**root_state, "error": None if own_state is None else own_state["error"]}
 
     def _import_tensor_state(self, name: str, value: dict) -> _TensorState:
-        state = self._new_state(tuple(value["shape"]))
+        state = self._plan(tuple(value["shape"]))
         b = self.backend
         state.step = self._new_slot(int(value["step"]), f"{name}/step")
         for field in ("q", "p", "error"):
