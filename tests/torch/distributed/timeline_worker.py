@@ -15,15 +15,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import FixedGradients, local_gradients, make_optimizer, reduced_step  # noqa: E402
 
 SHAPES = {"dense": (256, 128), "conv": (32, 16, 3, 3), "bias": (128,)}
+#: every registered compressor and every documented variant (``wire_variants``; the test checks
+#: that none is missing), labelled so that each one's collectives can be told apart
 SPECS = {
     "powersgd": "powersgd:rank=2",
     "powersgd_k2": "powersgd:rank=2,power_iterations=2",
     "powersgd_single": "powersgd:rank=2,alternate=True",
+    "powersgd_no_ef": "powersgd:rank=2,error_feedback=False",
+    "powersgd_fp16": "powersgd:rank=2,wire_dtype='float16'",
     "unbiased_lowrank": "unbiased_lowrank:rank=2",
     "signum": "signum",
     "signnorm": "signnorm",
     "topk": "topk:ratio=0.01",
     "randomk": "randomk:ratio=0.01",
+    "randomk_no_ef": "randomk:ratio=0.01,error_feedback=False",
     "fp16": "fp16",
     "bf16": "bf16",
 }
