@@ -14,6 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict
 
+from horovod_powersgd.core import wire
+
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1,
             "int16": 2, "int32": 4, "int64": 8, "bool": 1}
 
@@ -56,15 +58,8 @@ def collective_bytes(path: Path, size: int = 1) -> int:
 
 
 def wire_bytes(payload: Dict[str, int], workers: int) -> float:
-    """Bytes one worker *sends* for these payloads: ring all-reduce 2(n−1)/n·S, all-gather (n−1)·s,
-    broadcast ≈ S (tree/ring, rank-dependent; counted once)."""
-    n = workers
-    total = 0.0
-    for kind, nbytes in payload.items():
-        if kind == "ALLREDUCE":
-            total += 2 * (n - 1) / n * nbytes
-        elif kind == "ALLGATHER":
-            total += (n - 1) * nbytes
-        else:
-            total += nbytes
-    return total
+    """Bytes one worker *sends* for these payloads: all-reduce and all-gather on a ring
+    (`horovod_powersgd.core.wire.link_bytes`), broadcast ≈ S (tree/ring, rank-dependent; counted once)."""
+    ring = {"ALLREDUCE": "allreduce", "ALLGATHER": "allgather"}
+    return sum(wire.link_bytes(ring[kind], nbytes, workers) if kind in ring else nbytes
+               for kind, nbytes in payload.items())
