@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict
 
 from horovod_powersgd.core import wire
+from horovod_powersgd.core.shapes import numel
 
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1,
             "int16": 2, "int32": 4, "int64": 8, "bool": 1}
@@ -44,10 +45,7 @@ def collective_payload(path: Path, size: int = 1) -> Dict[str, int]:
             name = stacks[pid].pop()
             args = event.get("args") or {}
             if "shape" in args and "dtype" in args:
-                numel = 1
-                for d in json.loads(args["shape"]):
-                    numel *= int(d)
-                nbytes = numel * ITEMSIZE.get(args["dtype"], 4)
+                nbytes = numel(json.loads(args["shape"])) * ITEMSIZE.get(args["dtype"], 4)
                 totals[name] += nbytes // size if name == "ALLGATHER" else nbytes
     return dict(totals)
 

@@ -43,6 +43,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from . import machine
 from .core import wire
 from .core.registry import build, parse_spec
+from .core.shapes import numel
 from .core.wire import Round
 
 #: the default fit: package data (setup.cfg), written by ``benchmarks.report`` from the benchmark's runs
@@ -61,10 +62,6 @@ def parse_rate(text: str) -> float:
 
 def format_rate(bps: float) -> str:
     return f"{bps / 1e9:.3g} Gbit/s" if bps >= 1e9 else f"{bps / 1e6:.3g} Mbit/s"
-
-
-def numel(shape: Shape) -> int:
-    return math.prod(int(d) for d in shape)
 
 
 def resnet18_shapes(classes: int = 1000) -> List[Shape]:

@@ -57,6 +57,7 @@ import numpy as np
 from . import advisor, machine
 from .advisor import Fit, Shape
 from .core import wire
+from .core.shapes import numel
 
 #: float32 elements; the network phase's smallest tensor
 MIN_BYTES = 4 << 10
@@ -638,7 +639,7 @@ def report(fit_: Fit, shapes, model_name: str, codec: Dict[str, dict], compute_s
              f"{' (' + m['gpu'] + ')' if m.get('gpu') else ''}; {m.get('cpu')}, {m.get('cores')} cores, "
              f"BLAS {m.get('blas')}, {m.get('torch_threads')} torch thread(s) per rank",
              f"network: {advisor.describe_fit(fit_)}",
-             f"{model_name}: {sum(map(advisor.numel, shapes)) / 1e6:.2f}M parameters in {len(shapes)} tensors, "
+             f"{model_name}: {sum(map(numel, shapes)) / 1e6:.2f}M parameters in {len(shapes)} tensors, "
              f"compute {(compute_s or 0) * 1e3:.1f} ms/step ({note})", ""]
     rows = advisor.table(shapes, bps, workers, compute_s or 0.0, fit_, list(codec), 1.0,
                          advisor.parse_rate(compare))

@@ -5,7 +5,8 @@ from .backend import Backend, compute_dtype
 from .compressor import Compressor, Ctx
 from .gather import combine, gathered, mean_weight, per_rank, placeholder, start_allgather
 from .stateful import flat, restore
-from .wire import Wire, numel
+from .shapes import numel
+from .wire import Wire
 
 
 class BF16(Compressor):

@@ -27,6 +27,7 @@ from typing import Any, Dict, List
 
 from .agreement import check_agreement
 from .backend import FLOAT_DTYPES, Backend, TensorIdentity, itemsize
+from .shapes import numel
 from .stats import CompressionStats
 from .wire import Transfer
 
@@ -237,10 +238,7 @@ class Compressor:
         return [] if known is None else sorted(self._restored_names - set(known))
 
     def _nbytes(self, tensor) -> int:
-        numel = 1
-        for d in self.backend.shape(tensor):
-            numel *= int(d)
-        return numel * itemsize(self.backend.dtype_name(tensor))
+        return numel(self.backend.shape(tensor)) * itemsize(self.backend.dtype_name(tensor))
 
     def _sent(self, tensor) -> None:
         """Account for a tensor this compressor puts on the wire itself (second rounds)."""

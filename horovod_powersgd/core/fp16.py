@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .backend import Backend
 from .compressor import Compressor, Ctx
-from .wire import Transfer, Wire, numel
+from .shapes import numel
+from .wire import Transfer, Wire
 
 
 class FP16(Compressor):

@@ -68,6 +68,7 @@ import numpy as np
 from .backend import Backend, ReduceOp, compute_dtype, itemsize
 from .compressor import Compressor, Ctx, export_value
 from .orthogonalize import orthogonalize
+from .shapes import matrix_shape
 from .wire import Transfer, Wire, raw
 
 
@@ -141,14 +142,6 @@ class _Job:
     step: object
     buffer: object = None  # n×m tensor the gradient is written into (eager backends)
     out: object = None  # what Horovod got back: ``buffer`` in the gradient's shape, or a tensor to fill
-
-
-def matrix_shape(shape: tuple) -> tuple:
-    """(n, m): first dimension × product of the rest (conv weights: out_channels × the rest)."""
-    m = 1
-    for d in shape[1:]:
-        m *= int(d)
-    return int(shape[0]), m
 
 
 class PowerSGD(Compressor):

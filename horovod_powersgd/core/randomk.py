@@ -10,7 +10,8 @@ from .backend import Backend, compute_dtype, itemsize
 from .compressor import Ctx, poison
 from .sparse import check_ratio, kept
 from .stateful import StatefulCompressor, flat, restore
-from .wire import Transfer, Wire, numel
+from .shapes import numel
+from .wire import Transfer, Wire
 
 
 class RandomK(StatefulCompressor):

@@ -7,7 +7,8 @@ from .backend import Backend, compute_dtype, itemsize
 from .compressor import Ctx
 from .gather import gathered, mean_weight, per_rank, placeholder, start_allgather
 from .stateful import StatefulCompressor, flat, restore
-from .wire import Wire, numel
+from .shapes import numel
+from .wire import Wire
 
 
 class SignNorm(StatefulCompressor):

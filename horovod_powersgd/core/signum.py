@@ -8,7 +8,8 @@ from .backend import Backend, compute_dtype
 from .compressor import Ctx
 from .gather import combine, gathered, per_rank, placeholder, start_allgather
 from .stateful import StatefulCompressor, flat, restore
-from .wire import Wire, numel
+from .shapes import numel
+from .wire import Wire
 
 
 class Signum(StatefulCompressor):

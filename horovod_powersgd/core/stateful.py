@@ -13,7 +13,7 @@ from typing import Dict, Tuple
 
 from .backend import compute_dtype
 from .compressor import Compressor, Ctx, export_value, poisoned
-from .wire import numel
+from .shapes import numel
 
 
 @dataclasses.dataclass

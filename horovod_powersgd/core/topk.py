@@ -7,7 +7,8 @@ from .compressor import Ctx
 from .gather import gathered, mean_weight, placeholder, start_allgather
 from .sparse import MAX_ELEMENTS, check_ratio, kept
 from .stateful import StatefulCompressor, flat, restore
-from .wire import Wire, numel
+from .shapes import numel
+from .wire import Wire
 
 
 class TopK(StatefulCompressor):

@@ -9,7 +9,7 @@ import numpy as np
 
 from .backend import Backend, compute_dtype, itemsize
 from .compressor import Ctx
-from .powersgd import matrix_shape
+from .shapes import matrix_shape
 from .stateful import StatefulCompressor
 from .wire import Transfer, Wire, raw
 

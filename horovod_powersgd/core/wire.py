@@ -24,6 +24,7 @@ import dataclasses
 from typing import Iterable, List, Tuple
 
 from .backend import itemsize
+from .shapes import numel
 
 #: the 1-element float32 tensor that all-gather compressors hand to Horovod's all-reduce (`gather`):
 #: its name among a compressor's transfers, and its bytes
@@ -117,13 +118,6 @@ class Wire:
     biased: bool  # E[decompress(all-reduce(compress(g)))] != average g
     error_feedback: bool  # keeps what was not sent and adds it to the next step's gradient
     note: str = ""
-
-
-def numel(shape) -> int:
-    count = 1
-    for d in shape:
-        count *= int(d)
-    return count
 
 
 WireVariants = Tuple[Tuple[str, Wire], ...]

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from horovod_powersgd.core.backend import ReduceOp, TensorIdentity
-from horovod_powersgd.core.powersgd import PowerSGD, matrix_shape
+from horovod_powersgd.core.powersgd import PowerSGD
+from horovod_powersgd.core.shapes import matrix_shape
 from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradients
 
 
