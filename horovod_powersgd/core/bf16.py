@@ -41,9 +41,7 @@ class BF16(Compressor):
     def _decompress(self, _placeholder, ctx: Ctx):
         b = self.backend
         handle, ctx.payload = ctx.payload, None
-        start = b.clock()
-        gathered = b.wait(handle)
-        self._stats.wait_seconds += b.clock() - start
+        gathered = self._wait(handle)
         copies = b.cast(b.bitcast(per_rank(b, gathered, ctx.identity), "bfloat16"), "float32")
         weight = mean_weight(ctx.identity)
         return restore(b, combine(b, copies, [weight] * ctx.identity.group_size, like=copies), ctx)

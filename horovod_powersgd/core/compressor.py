@@ -244,6 +244,15 @@ class Compressor:
         """Account for a tensor this compressor puts on the wire itself (second rounds)."""
         self._stats.add(sent=self._nbytes(tensor))
 
+    def _wait(self, handle, group: bool = False):
+        """The result of a collective this compressor started itself (`Backend.wait`; with
+        ``group``, `Backend.wait_group`'s list). The time blocked is communication, counted in
+        ``stats.wait_seconds`` and not as the compressor's own work."""
+        start = self.backend.clock()
+        result = self.backend.wait_group(handle) if group else self.backend.wait(handle)
+        self._stats.wait_seconds += self.backend.clock() - start
+        return result
+
     # ------------------------------------------------------------------ checkpointing
     def config(self) -> dict:
         """The hyper-parameters; restored state must come from a compressor with the same ones."""

@@ -477,11 +477,9 @@ class PowerSGD(Compressor):
             name = f"powersgd.{round_name}.{len(group)}.{first.name}"
             handles.append((indices, b.grouped_allreduce_async(group, name, first)))
         results = [None] * len(jobs)
-        start = b.clock()
         for indices, handle in handles:
-            for i, value in zip(indices, b.wait_group(handle)):
+            for i, value in zip(indices, self._wait(handle, group=True)):
                 results[i] = b.cast(value, compute_dtype(jobs[i].ctx.dtype))
-        self._stats.wait_seconds += b.clock() - start
         return results
 
     # ------------------------------------------------------------------ classic: round 2

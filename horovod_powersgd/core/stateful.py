@@ -67,12 +67,6 @@ class StatefulCompressor(Compressor):
             for field in self.buffers:  # error buffers and momentum: gradient units
                 yield state.slots[field]
 
-    def _wait(self, handle):
-        start = self.backend.clock()
-        result = self.backend.wait(handle)
-        self._stats.wait_seconds += self.backend.clock() - start
-        return result
-
     # ------------------------------------------------------------------ checkpointing
     def _export_tensor_state(self, state: TensorState) -> dict:
         b = self.backend
