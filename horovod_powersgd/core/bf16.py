@@ -4,8 +4,8 @@ from __future__ import annotations
 from .backend import Backend, compute_dtype
 from .compressor import Compressor, Ctx
 from .gather import combine, gathered, mean_weight, per_rank, placeholder, start_allgather
-from .stateful import flat, restore
 from .shapes import numel
+from .stateful import flat, restore
 from .wire import Wire
 
 

@@ -65,6 +65,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from . import arguments
 from .backend import Backend, ReduceOp, compute_dtype, itemsize
 from .compressor import Compressor, Ctx, export_value
 from .orthogonalize import orthogonalize
@@ -87,25 +88,13 @@ class PowerSGDConfig(NamedTuple):
     alternate: bool = False  # True: one all-reduce per step (P and Q on alternate steps), half the bytes
 
     def validate(self) -> "PowerSGDConfig":
-        def integer(name, minimum):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ValueError(f"PowerSGD: {name} must be an integer >= {minimum}, got {value!r}")
-
-        integer("rank", 1)
-        integer("power_iterations", 1)
-        integer("start_step", 0)
-        integer("seed", 0)
+        for name, minimum in (("rank", 1), ("power_iterations", 1), ("start_step", 0), ("seed", 0)):
+            arguments.integer("PowerSGD", name, getattr(self, name), minimum)
         for name in ("warm_start", "error_feedback", "alternate"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"PowerSGD: {name} must be True or False, got {getattr(self, name)!r}")
-        if not (isinstance(self.min_compression_rate, (int, float)) and self.min_compression_rate > 0):
-            raise ValueError(f"PowerSGD: min_compression_rate must be a positive number, "
-                             f"got {self.min_compression_rate!r}")
-        if not (isinstance(self.orthogonalization_epsilon, (int, float))
-                and self.orthogonalization_epsilon >= 0):
-            raise ValueError(f"PowerSGD: orthogonalization_epsilon must be >= 0, "
-                             f"got {self.orthogonalization_epsilon!r}")
+            arguments.boolean("PowerSGD", name, getattr(self, name))
+        arguments.number("PowerSGD", "min_compression_rate", self.min_compression_rate, "(0, inf)")
+        arguments.number("PowerSGD", "orthogonalization_epsilon", self.orthogonalization_epsilon,
+                         "[0, inf)")
         if self.wire_dtype not in (None, "float16", "bfloat16", "float32"):
             raise ValueError(f"PowerSGD: wire_dtype must be None, 'float16', 'bfloat16' or 'float32', "
                              f"got {self.wire_dtype!r}")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import zlib
 
-import numpy as np
-
+from . import arguments
 from .backend import Backend, compute_dtype, itemsize
 from .compressor import Ctx, poison
+from .shapes import numel
 from .sparse import check_ratio, kept
 from .stateful import StatefulCompressor, flat, restore
-from .shapes import numel
 from .wire import Transfer, Wire
 
 
@@ -39,12 +38,8 @@ class RandomK(StatefulCompressor):
     def __init__(self, backend: Backend, ratio: float = 0.01, *, error_feedback: bool = True,
                  seed: int = 0):
         self.ratio = check_ratio("RandomK", ratio)
-        if not isinstance(error_feedback, bool):
-            raise ValueError(f"RandomK: error_feedback must be True or False, got {error_feedback!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"RandomK: seed must be an integer >= 0, got {seed!r}")
-        self.error_feedback = error_feedback
-        self.seed = int(seed)
+        self.error_feedback = arguments.boolean("RandomK", "error_feedback", error_feedback)
+        self.seed = arguments.integer("RandomK", "seed", seed, 0)
         self.buffers = ("error",) if error_feedback else ()
         super().__init__(backend)
 

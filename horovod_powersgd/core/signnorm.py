@@ -6,8 +6,8 @@ from __future__ import annotations
 from .backend import Backend, compute_dtype, itemsize
 from .compressor import Ctx
 from .gather import gathered, mean_weight, per_rank, placeholder, start_allgather
-from .stateful import StatefulCompressor, flat, restore
 from .shapes import numel
+from .stateful import StatefulCompressor, flat, restore
 from .wire import Wire
 
 

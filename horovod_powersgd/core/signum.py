@@ -2,13 +2,12 @@
 Efficient and Fault Tolerant", ICLR 2019) — a baseline in Vogels et al. 2019, Table 3."""
 from __future__ import annotations
 
-import numbers
-
+from . import arguments
 from .backend import Backend, compute_dtype
 from .compressor import Ctx
 from .gather import combine, gathered, per_rank, placeholder, start_allgather
-from .stateful import StatefulCompressor, flat, restore
 from .shapes import numel
+from .stateful import StatefulCompressor, flat, restore
 from .wire import Wire
 
 
@@ -30,11 +29,9 @@ class Signum(StatefulCompressor):
     buffers = ("momentum",)
 
     def __init__(self, backend: Backend, momentum: float = 0.9):
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) \
-                or not 0 <= momentum < 1:
-            raise ValueError(f"Signum: momentum must be a number in [0, 1), got {momentum!r}")
+        momentum = arguments.number("Signum", "momentum", momentum, "[0, 1)")
         super().__init__(backend)
-        self.momentum = float(momentum)
+        self.momentum = momentum
 
     def config(self) -> dict:
         return {"momentum": self.momentum}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from .backend import Backend, compute_dtype, itemsize
 from .compressor import Ctx
 from .gather import gathered, mean_weight, placeholder, start_allgather
+from .shapes import numel
 from .sparse import MAX_ELEMENTS, check_ratio, kept
 from .stateful import StatefulCompressor, flat, restore
-from .shapes import numel
 from .wire import Wire
 
 

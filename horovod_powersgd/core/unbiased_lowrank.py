@@ -2,11 +2,9 @@
 Vogels et al. 2019 (PowerSGD), which shows why PowerSGD's warm start and error feedback matter."""
 from __future__ import annotations
 
-import numbers
 import zlib
 
-import numpy as np
-
+from . import arguments
 from .backend import Backend, compute_dtype, itemsize
 from .compressor import Ctx
 from .shapes import matrix_shape
@@ -39,17 +37,12 @@ class UnbiasedLowRank(StatefulCompressor):
 
     def __init__(self, backend: Backend, rank: int = 1, *, min_compression_rate: float = 2.0,
                  seed: int = 0):
-        for name, value, minimum in (("rank", rank, 1), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ValueError(f"UnbiasedLowRank: {name} must be an integer >= {minimum}, "
-                                 f"got {value!r}")
-        if isinstance(min_compression_rate, bool) or not isinstance(min_compression_rate, numbers.Real) \
-                or not min_compression_rate > 0:
-            raise ValueError(f"UnbiasedLowRank: min_compression_rate must be a positive number, "
-                             f"got {min_compression_rate!r}")
+        rank = arguments.integer("UnbiasedLowRank", "rank", rank, 1)
+        seed = arguments.integer("UnbiasedLowRank", "seed", seed, 0)
+        min_compression_rate = arguments.number("UnbiasedLowRank", "min_compression_rate",
+                                                min_compression_rate, "(0, inf)")
         super().__init__(backend)
-        self.rank, self.seed = int(rank), int(seed)
-        self.min_compression_rate = float(min_compression_rate)
+        self.rank, self.seed, self.min_compression_rate = rank, seed, min_compression_rate
 
     def config(self) -> dict:
         return {"rank": self.rank, "min_compression_rate": self.min_compression_rate,
