@@ -27,3 +27,24 @@ def test_gradient_outside_horovod_is_a_clear_error():
 def test_stats_start_empty():
     stats = PowerSGD(rank=2).stats
     assert stats.steps == 0 and stats.total.sent == 0
+
+
+@pytest.mark.parametrize("autograph", [True, False], ids=["autograph", "no_autograph"])
+def test_gradients_are_named_from_horovods_allreduce_grads(autograph):
+    """One rank is enough: Horovod traces compress in allreduce_grads whatever the size. Under
+    AutoGraph that frame runs its converted code; without, Horovod's own."""
+    import horovod.tensorflow as hvd
+
+    hvd.init()
+    weight, bias = tf.Variable(tf.ones((8, 6)), name="weight"), tf.Variable(tf.ones((6,)), name="bias")
+    compression = PowerSGD(rank=2)
+
+    @tf.function(autograph=autograph)
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(weight * weight) + tf.reduce_sum(bias)
+        return hvd.DistributedGradientTape(tape, compression=compression).gradient(loss, [weight, bias])
+
+    step()
+    assert sorted(compression.state_dict()["tensors"]) == ["bias", "weight"]
+    assert compression._namer.checkpoint_key("weight") == "grad0"
