@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -20,10 +19,8 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.step_worker import link_bytes, time_steps  # noqa: E402
-from benchmarks.tasks import TASKS, median  # noqa: E402
+from benchmarks.step_worker import link_bytes, time_steps
+from benchmarks.tasks import TASKS, median
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """Run any Horovod program on the emulated cluster (root): N hosts with rate-limited links.
 
     sudo .venv/bin/python -m benchmarks.emulate --rate 1gbit --workers 2 -- \\
-        .venv/bin/python examples/torch_fashion_mnist.py --compression powersgd:rank=2
+        .venv/bin/python -m examples.torch_fashion_mnist --compression powersgd:rank=2
 
 Like ``horovodrun -np N`` but every rank sits behind its own ``--rate`` NIC (`benchmarks.cluster`).
 Rank 0's output is printed; the exit status is the first failing rank's (0 when all succeed).

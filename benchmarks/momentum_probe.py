@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 import torch
 
-from horovod_powersgd.datasets import fashion_mnist
+from examples.datasets import fashion_mnist
 
 SPECS = ("none", "powersgd:rank=2", "powersgd:rank=2,alternate=True",
          "powersgd:rank=2,alternate=True,error_feedback=False")

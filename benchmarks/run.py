@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         for task in filter(None, args.tasks.split(",")):
             log(f"step time: {task}, {args.workers} workers at {args.rate}")
             target = work / "raw" / f"steps.{task}.json"
-            check(cluster.run_horovod(python(ROOT / "benchmarks/step_worker.py", "--task", task,
+            check(cluster.run_horovod(python("-m", "benchmarks.step_worker", "--task", task,
                                              "--specs", args.specs, "--steps", args.steps, "--warmup",
                                              args.warmup, "--out", target, "--timeline-dir",
                                              work / "timelines" / task, *tiny),
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
             if args.ddp_ranks:
                 log(f"DDP: {task}")
                 target = work / "raw" / f"ddp.{task}.json"
-                check(cluster.run_torch_distributed(python(ROOT / "benchmarks/ddp_worker.py", "--task", task,
+                check(cluster.run_torch_distributed(python("-m", "benchmarks.ddp_worker", "--task", task,
                                                            "--ranks", args.ddp_ranks, "--steps", args.steps,
                                                            "--warmup", args.warmup, "--out", target, *tiny),
                                                     env, args.timeout, f"ddp-{task}"), f"DDP {task}")
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         log(f"scaling: {n} workers at {args.scaling_rate}")
         with Cluster(n, args.scaling_rate, work) as cluster:
             target = work / "raw" / f"scaling.{n}.json"
-            check(cluster.run_horovod(python(ROOT / "benchmarks/step_worker.py", "--task", "fashion_mnist",
+            check(cluster.run_horovod(python("-m", "benchmarks.step_worker", "--task", "fashion_mnist",
                                              "--specs", args.scaling_specs, "--steps", max(5, args.steps // 2),
                                              "--warmup", 3, "--out", target, "--timeline-dir",
                                              work / "timelines" / f"scaling{n}", *tiny),
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
                          ["--epochs", args.tta_epochs, "--eval-every", args.eval_every]
                          + (["--train-limit", args.tta_train_limit] if args.tta_train_limit else []))
                 flags += TTA_EXTRA_FLAGS.get(spec.split(":")[0], [])
-                results = cluster.run_horovod(python(ROOT / "examples/torch_fashion_mnist.py", "--compression",
+                results = cluster.run_horovod(python("-m", "examples.torch_fashion_mnist", "--compression",
                                                      spec, "--no-progress", "--json", target, *flags),
                                               env, args.timeout, f"tta-{len(raw['tta'])}")
                 if any(r.returncode for r in results):  # a compressor that fails to train is a result

@@ -20,16 +20,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.tasks import TASKS, median, parameter_shapes  # noqa: E402
-from benchmarks.timeline import collective_payload, wire_bytes  # noqa: E402
+from benchmarks.tasks import TASKS, median, parameter_shapes
+from benchmarks.timeline import collective_payload, wire_bytes
+from examples import _common
 
 
 def link_bytes(dev: str = "eth0") -> int:
@@ -99,9 +97,6 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--timeline-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-    import _common
 
     hvd = _common.init_horovod()
     torch.set_num_threads(1)  # one compute thread per worker (docs/design.md): 2 cores, up to 4 workers

@@ -6,20 +6,13 @@ measurements reuse these so that "compute" is exactly what the examples compute.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-
-from torch_fashion_mnist import FashionCNN  # noqa: E402  (examples/ is not a package)
-from torch_ptb_lstm import WordLSTM  # noqa: E402
-
-from horovod_powersgd.datasets import PennTreebank, batchify, fashion_mnist  # noqa: E402
-
+from examples.datasets import PennTreebank, batchify, fashion_mnist
+from examples.torch_fashion_mnist import FashionCNN
+from examples.torch_ptb_lstm import WordLSTM
 
 class FashionTask:
     """examples/torch_fashion_mnist.py's CNN, batch 64 per rank."""

@@ -1,8 +1,8 @@
 """What every PyTorch example shares: flags, Horovod set-up, the compressor from its spec, byte and
 time accounting, per-rank checkpoints, and the report.
 
-Examples import this as ``import _common`` (Python puts ``examples/`` on the path when a script in it
-runs); the benchmark adds ``examples/`` to ``sys.path`` and reuses the same pieces.
+The examples import it as ``from . import _common``; the benchmark (``benchmarks.step_worker``)
+reuses the same pieces as ``examples._common``.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from horovod_powersgd.core.stats import CompressionStats
-from _flags import add_common_flags  # noqa: F401  (re-exported for the examples)
-from _report import Reporter, progress  # noqa: F401
+
+from ._flags import add_common_flags  # noqa: F401  (re-exported for the examples)
+from ._report import Reporter, progress  # noqa: F401
 
 
 # ---------------------------------------------------------------------------- Horovod and threads

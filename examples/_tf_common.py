@@ -29,7 +29,7 @@ def parse_args(description: str, argv=None):
     """The flags of both TensorFlow Fashion-MNIST examples (GradientTape and Keras)."""
     import argparse
 
-    import _flags
+    from . import _flags
 
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +44,7 @@ def parse_args(description: str, argv=None):
 def start(hvd, args):
     """Horovod up, one compute thread per rank, seeded; Fashion-MNIST as NHWC arrays
     (x_train, y_train, x_test, y_test) and the rows of the training set that are this rank's."""
-    from horovod_powersgd.datasets import fashion_mnist, shard
+    from .datasets import fashion_mnist, shard
 
     hvd.init()
     init_threads(hvd.local_size())
@@ -56,7 +56,7 @@ def start(hvd, args):
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:
-    """(N, 1, 28, 28) from horovod_powersgd.datasets → (N, 28, 28, 1), TensorFlow's CPU layout."""
+    """(N, 1, 28, 28) from `examples.datasets` → (N, 28, 28, 1), TensorFlow's CPU layout."""
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 

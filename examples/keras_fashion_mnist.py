@@ -1,6 +1,6 @@
 """The Fashion-MNIST CNN with Keras ``model.fit`` and horovod.tensorflow.keras.
 
-    TF_USE_LEGACY_KERAS=1 horovodrun -np 2 python examples/keras_fashion_mnist.py --compression powersgd:rank=2
+    TF_USE_LEGACY_KERAS=1 horovodrun -np 2 python -m examples.keras_fashion_mnist --compression powersgd:rank=2
 
 ``hvd.DistributedOptimizer(opt, compression=...)`` all-reduces (compressed) gradients inside
 ``model.fit``; BroadcastGlobalVariablesCallback starts every rank from rank 0's weights and
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import time
 
-import _tf_common as tfc  # first: sets TF_USE_LEGACY_KERAS before TensorFlow loads
+from . import _tf_common as tfc  # first: sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import horovod.tensorflow.keras as hvd
 import tensorflow as tf
 import tf_keras as keras
 
-import _report
+from . import _report
 
 
 class EpochEnd(keras.callbacks.Callback):

@@ -1,6 +1,6 @@
 """The Fashion-MNIST CNN in TensorFlow 2: tf.GradientTape + hvd.DistributedGradientTape in a tf.function.
 
-    horovodrun -np 2 python examples/tf_fashion_mnist.py --compression powersgd:rank=2
+    horovodrun -np 2 python -m examples.tf_fashion_mnist --compression powersgd:rank=2
 
 The compressor (``horovod_powersgd.tensorflow.from_spec``) runs inside the traced step: its state
 lives in tf.Variables, so it checkpoints with tf.train.Checkpoint next to the model and optimizer
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 
-import _tf_common as tfc  # first: sets TF_USE_LEGACY_KERAS before TensorFlow loads
+from . import _tf_common as tfc  # first: sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import horovod.tensorflow as hvd
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-import _report
+from . import _report
 
 
 def main(argv=None):

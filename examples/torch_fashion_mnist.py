@@ -1,7 +1,7 @@
 """A CNN on Fashion-MNIST, data-parallel with Horovod and a gradient compressor.
 
-    horovodrun -np 2 python examples/torch_fashion_mnist.py --compression powersgd:rank=2
-    horovodrun -np 2 python examples/torch_fashion_mnist.py --compression none --epochs 1
+    horovodrun -np 2 python -m examples.torch_fashion_mnist --compression powersgd:rank=2
+    horovodrun -np 2 python -m examples.torch_fashion_mnist --compression none --epochs 1
 
 The network is deliberately fully-connected-heavy (1.63M parameters, 98 % of them in one 1568×1024
 layer; a few MFLOPs of convolution per image): it is *communication-bound* on a 1 Gbit/s link, the
@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import _common
-from horovod_powersgd.datasets import fashion_mnist, shard
+from . import _common
+from .datasets import fashion_mnist, shard
 
 
 class FashionCNN(nn.Module):

@@ -1,7 +1,7 @@
 """A word-level LSTM language model on Penn Treebank, data-parallel with Horovod and a compressor.
 
-    horovodrun -np 2 python examples/torch_ptb_lstm.py --compression powersgd:rank=2
-    horovodrun -np 2 python examples/torch_ptb_lstm.py --compression none --train-tokens 200000
+    horovodrun -np 2 python -m examples.torch_ptb_lstm --compression powersgd:rank=2
+    horovodrun -np 2 python -m examples.torch_ptb_lstm --compression none --train-tokens 200000
 
 The classic recipe (Zaremba et al. 2014, "small"): 2-layer LSTM, truncated back-propagation through
 ``--bptt`` steps, gradient-norm clipping, plain SGD; evaluated by perplexity exp(mean cross-entropy)
@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import _common
-from horovod_powersgd.datasets import PennTreebank, batchify
+from . import _common
+from .datasets import PennTreebank, batchify
 
 
 class WordLSTM(nn.Module):

@@ -39,7 +39,7 @@ fi
 SPECS=(none "powersgd:rank=2" "powersgd:rank=2,alternate=True")
 for SPEC in "${SPECS[@]}"; do
   echo "==> [demo] training with --compression $SPEC"
-  ARGS=(examples/torch_fashion_mnist.py --compression "$SPEC" --epochs "$EPOCHS"
+  ARGS=(-m examples.torch_fashion_mnist --compression "$SPEC" --epochs "$EPOCHS"
         --train-limit "$LIMIT" --test-limit 10000 --json "$OUT/${SPEC//[:=,]/_}.jsonl")
   if [ "$NETWORK" = emulated ]; then
     flock "$LOCK" "$PY" -m benchmarks.emulate --rate "$RATE" --workers 2 -- "$PY" "${ARGS[@]}" --no-progress \

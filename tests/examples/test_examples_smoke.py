@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from horovod_powersgd.datasets import DatasetMissing, fashion_mnist
-from tests.launch import ROOT, run
+from examples.datasets import DatasetMissing, fashion_mnist
+from tests.launch import run
 
 PY = sys.executable
 
@@ -23,14 +23,14 @@ def _records(path):
 
 
 @pytest.mark.parametrize("example,flags,metric", [
-    ("torch_fashion_mnist.py", ["--train-limit", 1200, "--test-limit", 200, "--eval-every", 2],
+    ("torch_fashion_mnist", ["--train-limit", 1200, "--test-limit", 200, "--eval-every", 2],
      "test_accuracy"),
-    ("torch_ptb_lstm.py", ["--train-tokens", 30000, "--eval-tokens", 3000, "--embedding", 32,
+    ("torch_ptb_lstm", ["--train-tokens", 30000, "--eval-tokens", 3000, "--embedding", 32,
                            "--hidden", 32], "valid_perplexity"),
 ])
 def test_example_trains_checkpoints_and_resumes(tmp_path, example, flags, metric):
     log, ckpt = tmp_path / "log.jsonl", tmp_path / "ckpt"
-    common = [ROOT / "examples" / example, "--compression", "powersgd:rank=2", "--max-batches", 3,
+    common = ["-m", f"examples.{example}", "--compression", "powersgd:rank=2", "--max-batches", 3,
               "--no-progress", "--json", log, "--checkpoint", ckpt, *flags]
     out = _launch([*common, "--epochs", 1])
     assert "RESULT" in out
@@ -57,7 +57,7 @@ def test_example_trains_checkpoints_and_resumes(tmp_path, example, flags, metric
 
 def test_uncompressed_run_reports_bytes(tmp_path):
     log = tmp_path / "log.jsonl"
-    _launch([ROOT / "examples" / "torch_fashion_mnist.py", "--compression", "none", "--epochs", 1,
+    _launch(["-m", "examples.torch_fashion_mnist", "--compression", "none", "--epochs", 1,
              "--max-batches", 2, "--train-limit", 600, "--test-limit", 100, "--no-progress", "--json", log])
     final = _records(log)[-1]
     assert final["compression_ratio"] == 1.0
@@ -69,10 +69,10 @@ def test_missing_dataset_names_the_package(tmp_path):
         fashion_mnist("train", directory=tmp_path)
 
 
-@pytest.mark.parametrize("example", ["tf_fashion_mnist.py", "keras_fashion_mnist.py"])
+@pytest.mark.parametrize("example", ["tf_fashion_mnist", "keras_fashion_mnist"])
 def test_tensorflow_example_trains_checkpoints_and_resumes(tmp_path, example):
     log, ckpt = tmp_path / "log.jsonl", tmp_path / "ckpt"
-    common = [ROOT / "examples" / example, "--compression", "powersgd:rank=2", "--max-batches", 3,
+    common = ["-m", f"examples.{example}", "--compression", "powersgd:rank=2", "--max-batches", 3,
               "--train-limit", 1200, "--test-limit", 200, "--hidden", 64, "--no-progress",
               "--json", log, "--checkpoint", ckpt]
     _launch([*common, "--epochs", 1], timeout=240)

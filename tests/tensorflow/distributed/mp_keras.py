@@ -1,7 +1,7 @@
 """Keras model.fit with horovod.tensorflow.keras on every rank (tf-keras, TF_USE_LEGACY_KERAS=1)."""
 import numpy as np
 
-from horovod_powersgd.datasets import fashion_mnist
+from examples.datasets import fashion_mnist
 
 
 def fit(compression, x, y, epochs):

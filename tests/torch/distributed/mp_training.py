@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from horovod_powersgd.datasets import fashion_mnist
+from examples.datasets import fashion_mnist
 from horovod_powersgd.torch import PowerSGD
 
 from helpers import assert_identical_across_ranks

@@ -1,4 +1,5 @@
-"""The real data sets the examples and the benchmark train on, read from local files only.
+"""The real data sets the examples, the benchmark and the tests train on, read from local files only
+(part of the examples, not of the installed package).
 
 Nothing is ever downloaded at run time: a missing data set raises `DatasetMissing`, naming the package
 that provides it.
