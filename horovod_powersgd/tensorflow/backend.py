@@ -20,6 +20,9 @@ class TensorFlowBackend(Backend):
     deferred = False
     allreduce_unsupported_dtypes = frozenset({"bfloat16"})  # Horovod 0.28.1 refuses it
 
+    def __init__(self):
+        self._variables = {}  # key -> the variable `new_state` made for it (traces captured it)
+
     def shape(self, tensor):
         shape = tensor.shape
         if shape.rank is None or any(d is None for d in shape.as_list()):
@@ -115,18 +118,34 @@ class TensorFlowBackend(Backend):
     # ------------------------------------------------------------------ state: tf.Variables
     def new_state(self, value, key: str = ""):
         """A non-trainable variable holding ``value``, created eagerly (outside any trace); the
-        TensorFlow adapter tracks it for ``tf.train.Checkpoint`` (`Compressor._new_slot`)."""
+        TensorFlow adapter tracks it for ``tf.train.Checkpoint`` (`Compressor._new_slot`).
+
+        A variable made earlier for the same ``key`` (same shape and dtype) is assigned ``value``
+        and returned instead of a new one: Horovod keeps its trace of the compressor for the life
+        of the process, and that trace reads the variables it captured, so state loaded after the
+        first step (``load_state_dict``, an elastic restore or sync) must land in them."""
         if isinstance(value, (int, np.integer)):
             value = np.int64(value)
         elif tf.is_tensor(value):
             static = tf.get_static_value(value)  # zeros and seeded Q are constants even in a trace
             value = value if static is None else static
+        dynamic = tf.is_tensor(value) and not hasattr(value, "numpy")  # computed in a trace
+        existing = self._variables.get(key)
+        if (existing is not None and existing.dtype == tf.as_dtype(value.dtype)
+                and existing.shape == tuple(value.shape)):
+            if dynamic:
+                existing.assign(value)
+            else:
+                with tf.init_scope():
+                    existing.assign(value)
+            return existing
         with tf.init_scope():
-            dynamic = tf.is_tensor(value) and not hasattr(value, "numpy")
             initial = tf.zeros(value.shape, value.dtype) if dynamic else value
             variable = tf.Variable(initial, trainable=False)
         if dynamic:
             variable.assign(value)
+        if key:
+            self._variables[key] = variable
         return variable
 
     def read_state(self, slot):
