@@ -126,3 +126,44 @@ def test_checkpoint_restored_into_a_smaller_model_fails_loudly(hvd, tmp_path_fac
     _, step = make_train_step(hvd, shallow, restored)
     with pytest.raises(Exception, match=r"grad4_.* match no parameter"):
         step(*data(hvd, 0))
+
+
+def test_keras_loss_scale_optimizer_with_mixed_precision(hvd):
+    """mixed_float16 + Keras' LossScaleOptimizer in a custom loop: the compressor sees the scaled
+    float32 gradients; rank 1's loss overflows at step 10 of 24, every rank skips that step (the
+    scale halves, ``set_loss_scale`` rescales the error buffers), the 13 later steps are finite and
+    applied, and the weights are identical on both ranks after every step."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.layers.Dense(32, activation="tanh", input_shape=(16,)),
+                                  keras.layers.Dense(8, dtype="float32")])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    hvd.broadcast_variables(model.variables, root_rank=0)
+    compression = PowerSGD(rank=2)
+    opt = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(0.05))
+
+    @tf.function
+    def step(x, y, factor):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x) - y)) * factor
+            scaled = opt.get_scaled_loss(loss)
+        tape = hvd.DistributedGradientTape(tape, compression=compression)
+        grads = opt.get_unscaled_gradients(tape.gradient(scaled, model.trainable_variables))
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return grads
+
+    finite, scales = [], []
+    for s in range(24):
+        x, y = data(hvd, s)
+        grads = step(x, y, np.float32(np.inf if (s == 10 and hvd.rank() == 1) else 1.0))
+        finite.append(all(np.isfinite(g.numpy()).all() for g in grads))
+        compression.set_loss_scale(float(opt.loss_scale))
+        scales.append(float(opt.loss_scale))
+        weights = np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
+        copies = hvd.allgather(tf.constant(weights[None])).numpy()
+        assert np.array_equal(copies[0], copies[1]), f"step {s}"
+    assert [s for s, ok in enumerate(finite) if not ok] == [10]
+    assert scales[9] == 2 * scales[10] == 2 * scales[-1]
+    assert compression.stats.nonfinite_steps == 1
+    assert compression.stats.last_step.sent < compression.stats.last_step.uncompressed
