@@ -25,7 +25,9 @@ Two things differ from PyTorch because Horovod traces the compressor once per pr
 trace. State lands in the variables that trace captured (see ``TensorFlowBackend.new_state``). And
 the ranks' agreement on class and configuration, which a compressor checks with a collective while
 its first step is traced, is checked in ``sync()`` instead, on every rank: survivors never trace
-again, so a joiner checking alone at its first trace would wait forever.
+again, so a joiner checking alone at its first trace would wait forever. (That first-trace check also
+refuses restored state whose tensor names match no variable; a joiner's names come from rank 0,
+which runs the same script, and are not checked again.)
 
 Horovod's own stateless compressors (``hvd.Compression.fp16``) are accepted and need nothing.
 """
