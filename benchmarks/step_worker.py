@@ -150,7 +150,7 @@ def main(argv=None):
         link1 = link_bytes()
         s1 = compression.stats.as_dict()
         # the slowest rank sets the pace of a synchronous step
-        compute = max(hvd.allgather_object(median(plain_times)))
+        compute = max(hvd.allgather_object(float(median(plain_times)), name="step_worker.compute"))
         computes.append(compute)
         wait = (s1["wait_seconds"] - s0["wait_seconds"]) / args.steps
         # the compressor's own work; time it blocked on its own collectives is not in it (`wait`)
@@ -174,7 +174,7 @@ def main(argv=None):
         del optimizer, model
 
     # every rank's numbers to rank 0 (the same spec list on every rank, so the lists line up)
-    gathered = hvd.allgather_object(results)
+    gathered = hvd.allgather_object(results, name="step_worker.results")
     if hvd.rank() == 0:
         for spec_results in zip(*gathered):
             first = spec_results[0]

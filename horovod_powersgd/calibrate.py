@@ -63,6 +63,10 @@ from .core.shapes import numel
 MIN_BYTES = 4 << 10
 #: tensors per fused (or separate) round in the network phase
 FUSED_TENSORS = 8
+#: prefix of every object collective's name. Horovod's default name is the object's type name, so one
+#: rank's ``int`` beside another's ``float`` would be two collectives, each waiting for the other forever
+#: (it hung this tool 2 runs in 9 when a probe crossed the 64 MiB cap on one rank only)
+_NAME = "horovod_powersgd.calibrate"
 
 
 # ---------------------------------------------------------------------------- timing sources
@@ -142,7 +146,7 @@ def measure_network(source: TimingSource, budget_s: float, max_round_s: float = 
         source.allreduce([1 << 20], True)
     probe = min(source.allreduce([1 << 20], True) for _ in range(2))
     bytes_per_s = (1 << 20) / max(probe, 1e-6)
-    max_bytes = int(source.agree(min(64 << 20, max(1 << 20, bytes_per_s * max_round_s)))) // 4096 * 4096
+    max_bytes = int(source.agree(float(min(64 << 20, max(1 << 20, bytes_per_s * max_round_s))))) // 4096 * 4096
     points = plan_points(max_bytes)
     repetition = 0
     while True:
@@ -324,10 +328,10 @@ class HorovodSource(TimingSource):
         return self._run("allgather", nbytes, fused)
 
     def agree(self, value):
-        return self.hvd.broadcast_object(value, 0)
+        return self.hvd.broadcast_object(value, 0, name=f"{_NAME}.agree")
 
     def combine(self, values):
-        every = self.hvd.allgather_object(list(values))
+        every = self.hvd.allgather_object(list(values), name=f"{_NAME}.combine")
         return [float(np.mean(column)) for column in zip(*every)]
 
 
@@ -397,11 +401,11 @@ def measure_codec(hvd, specs: Sequence[str], shapes: Sequence[Shape], device: st
                     codec.append(0.0)
             step += 1
             done = step >= warmup + min_steps and time.perf_counter() - spec_start >= per_spec
-            if hvd.broadcast_object(done or step >= warmup + 200, 0):
+            if hvd.broadcast_object(bool(done or step >= warmup + 200), 0, name=f"{_NAME}.codec.done"):
                 break
         # the slowest rank's median: a synchronous step waits for it
-        codec_s = max(hvd.allgather_object(float(np.median(codec))))
-        wall_s = max(hvd.allgather_object(float(np.median(walls))))
+        codec_s = max(hvd.allgather_object(float(np.median(codec)), name=f"{_NAME}.codec.seconds"))
+        wall_s = max(hvd.allgather_object(float(np.median(walls)), name=f"{_NAME}.codec.wall"))
         results[spec] = {"codec_s": codec_s, "synthetic_step_s": wall_s,
                          "synthetic_comm_codec_s": max(0.0, wall_s - plain_s), "steps": len(walls)}
         del optimizer, params
@@ -432,10 +436,10 @@ def measure_compute(hvd, model, batch: Callable, budget_s: float, min_steps: int
             times.append(time.perf_counter() - start)
         step += 1
         done = step >= warmup + min_steps and time.perf_counter() - start_all >= budget_s
-        if hvd.broadcast_object(done or step >= warmup + 500, 0):
+        if hvd.broadcast_object(bool(done or step >= warmup + 500), 0, name=f"{_NAME}.compute.done"):
             break
     # a synchronous step waits for the slowest rank *of that step*: the median of per-step maxima
-    every = np.array(hvd.allgather_object(times))
+    every = np.array(hvd.allgather_object(times, name=f"{_NAME}.compute.seconds"))
     return float(np.median(every.max(axis=0)))
 
 

@@ -105,6 +105,37 @@ def test_largest_size_follows_the_probed_bandwidth():
     assert max(p.nbytes for p in fast) > max(p.nbytes for p in slow)
 
 
+class RecordingHorovod:
+    """Stands in for horovod.torch: records the name each object collective would negotiate under
+    (Horovod's own default is ``type(obj).__name__``)."""
+
+    def __init__(self):
+        self.names = []
+
+    def size(self):
+        return 2
+
+    def broadcast_object(self, obj, root_rank=0, name=None):
+        self.names.append(name or type(obj).__name__)
+        return obj
+
+    def allgather_object(self, obj, name=None):
+        self.names.append(name or type(obj).__name__)
+        return [obj, obj]
+
+
+def test_object_collectives_are_named_whatever_the_value_type():
+    # the probe's cap is an int on a rank whose probe was fast and a float on a slower one: with
+    # type-derived names the two ranks negotiated different collectives and hung (2 runs in 9)
+    one, other = RecordingHorovod(), RecordingHorovod()
+    calibrate.HorovodSource(one).agree(64 << 20)
+    calibrate.HorovodSource(other).agree(51e6)
+    calibrate.HorovodSource(one).combine([1, 2])
+    calibrate.HorovodSource(other).combine([1.0, 2.0])
+    assert one.names == other.names
+    assert all(name.startswith("horovod_powersgd.") for name in one.names)
+
+
 def _fit_file(tmp_path, compute_s=0.02):
     network = calibrate.fit_network(calibrate.measure_network(SyntheticCluster(), budget_s=10.0), 2, bootstrap=5)
     codec = {"powersgd:rank=2": {"codec_s": 0.004}, "fp16": {"codec_s": 0.001}}

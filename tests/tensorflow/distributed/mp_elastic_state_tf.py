@@ -132,7 +132,8 @@ def test_a_process_that_joins_gets_rank_0s_state_and_zero_errors(hvd):
         steps(FixedGradients(SHAPES).make_step(hvd, PowerSGD(rank=2)), hvd, range(3))
     state = TensorFlowState(fixed.variables, compression=compression, step=0)
     state.sync()
-    root = hvd.broadcast_object(compression.state_dict() if hvd.rank() == 0 else None, root_rank=0)
+    root = hvd.broadcast_object(compression.state_dict() if hvd.rank() == 0 else None, root_rank=0,
+                                name="test.root_state")
     mine = tensors(compression)
     assert mine.keys() == root["tensors"].keys()
     for name, entry in mine.items():
