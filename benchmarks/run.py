@@ -5,7 +5,9 @@
 
 Phases (each a fresh emulated cluster; every job bounded by a timeout):
   1. step time  — `--workers` hosts at `--rate`: every compressor spec on each task (the examples'
-     models), then PyTorch DDP without a hook and with ``powerSGD_hook`` at the same ranks;
+     models), side by side in one job (one step of each per round, the order rotated every round:
+     `benchmarks.rounds`), then in a job of its own PyTorch DDP without a hook and with
+     ``powerSGD_hook`` (`--ddp-ranks`), likewise; `--repeats N` alternates the two jobs N times;
   2. scaling    — 2…4 hosts at `--scaling-rate` (≤ 200 Mbit/s so 2 cores keep up),
      all-reduce vs all-gather compressors on the Fashion-MNIST CNN;
   3. time-to-accuracy — examples/torch_fashion_mnist.py per spec at `--rate`, accuracy logged every
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks.cluster import ClusterError, Cluster, check, enter_sandbox
+from benchmarks.tasks import median
 from horovod_powersgd import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--ddp-ranks", default="0,2", help="DDP runs: 0 = no hook, r = powerSGD_hook rank r")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="phase 1: run the Horovod and the DDP job this many times, alternating; "
+                        "every figure is the median over repeats")
     p.add_argument("--scaling", default="2,3,4", help="worker counts for phase 2 ('' to skip)")
     p.add_argument("--scaling-rate", default="200mbit")
     p.add_argument("--scaling-specs", default=SCALING_SPECS)
@@ -62,6 +68,26 @@ def parse_args(argv=None):
         args.specs, args.ddp_ranks, args.steps, args.warmup = "none;powersgd:rank=2", "2", 3, 1
         args.scaling, args.tta_specs, args.timeout = "", "none;powersgd:rank=2", min(args.timeout, 120)
     return args
+
+
+def merge_repeats(jobs: list) -> dict:
+    """One job's record from ``jobs`` (the same job repeated): per spec, the median over repeats of
+    every figure (each already a median over that job's steps), with the repeats' step times kept
+    in ``step_s_repeats``; one job is returned as it is."""
+    if len(jobs) == 1:
+        return jobs[0]
+    merged = {**jobs[0], "repeats": len(jobs), "results": []}
+    for entries in zip(*(job["results"] for job in jobs)):
+        entry = dict(entries[0])
+        if "error" not in entry:
+            for key, value in entry.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    entry[key] = median([e[key] for e in entries])
+            entry["step_s_repeats"] = [e["step_s"] for e in entries]
+        merged["results"].append(entry)
+    if jobs[0].get("compute_s") is not None:
+        merged["compute_s"] = median([job["compute_s"] for job in jobs])
+    return merged
 
 
 def python(*argv) -> list:
@@ -89,23 +115,29 @@ def main(argv=None) -> int:
     # ---- phase 1: step time, all compressors and DDP, same links
     with Cluster(args.workers, args.rate, work) as cluster:
         for task in filter(None, args.tasks.split(",")):
-            log(f"step time: {task}, {args.workers} workers at {args.rate}")
-            target = work / "raw" / f"steps.{task}.json"
-            check(cluster.run_horovod(python("-m", "benchmarks.step_worker", "--task", task,
-                                             "--specs", args.specs, "--steps", args.steps, "--warmup",
-                                             args.warmup, "--out", target, "--timeline-dir",
-                                             work / "timelines" / task, *tiny),
-                                      {**env, "BENCH_RATE": args.rate}, args.timeout, f"steps-{task}"),
-                  f"step time {task}")
-            raw["steps"].append({**json.loads(target.read_text()), "rate": args.rate})
-            if args.ddp_ranks:
-                log(f"DDP: {task}")
-                target = work / "raw" / f"ddp.{task}.json"
-                check(cluster.run_torch_distributed(python("-m", "benchmarks.ddp_worker", "--task", task,
-                                                           "--ranks", args.ddp_ranks, "--steps", args.steps,
-                                                           "--warmup", args.warmup, "--out", target, *tiny),
-                                                    env, args.timeout, f"ddp-{task}"), f"DDP {task}")
-                raw["ddp"].append({**json.loads(target.read_text()), "rate": args.rate})
+            horovod_jobs, ddp_jobs = [], []
+            for repeat in range(args.repeats):  # Horovod's job and DDP's alternate: drift falls on both
+                log(f"step time: {task}, {args.workers} workers at {args.rate}"
+                    + (f" (repeat {repeat + 1}/{args.repeats})" if args.repeats > 1 else ""))
+                target = work / "raw" / f"steps.{task}.{repeat}.json"
+                check(cluster.run_horovod(python("-m", "benchmarks.step_worker", "--task", task,
+                                                 "--specs", args.specs, "--steps", args.steps, "--warmup",
+                                                 args.warmup, "--out", target, "--timeline-dir",
+                                                 work / "timelines" / task, *tiny),
+                                          {**env, "BENCH_RATE": args.rate}, args.timeout, f"steps-{task}"),
+                      f"step time {task}")
+                horovod_jobs.append({**json.loads(target.read_text()), "rate": args.rate})
+                if args.ddp_ranks:
+                    log(f"DDP: {task}")
+                    target = work / "raw" / f"ddp.{task}.{repeat}.json"
+                    check(cluster.run_torch_distributed(python("-m", "benchmarks.ddp_worker", "--task", task,
+                                                               "--ranks", args.ddp_ranks, "--steps", args.steps,
+                                                               "--warmup", args.warmup, "--out", target, *tiny),
+                                                        env, args.timeout, f"ddp-{task}"), f"DDP {task}")
+                    ddp_jobs.append({**json.loads(target.read_text()), "rate": args.rate})
+            raw["steps"].append(merge_repeats(horovod_jobs))
+            if ddp_jobs:
+                raw["ddp"].append(merge_repeats(ddp_jobs))
 
     # ---- phase 2: scaling at fixed per-worker bandwidth
     for n in (int(x) for x in args.scaling.split(",") if x.strip()):

@@ -27,7 +27,7 @@ def _require_namespaces():
 def test_benchmark_smoke_runs_end_to_end(tmp_path):
     _require_namespaces()
     with machine_lock():
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(tmp_path)],
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--repeats", "2", "--out", str(tmp_path)],
                               cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads((tmp_path / "benchmark.json").read_text())
@@ -40,7 +40,12 @@ def test_benchmark_smoke_runs_end_to_end(tmp_path):
     # Horovod's timeline agrees with the compressor's own byte count.
     assert sum(psgd["timeline_payload_per_step"].values()) == pytest.approx(psgd["sent_bytes_per_step"], rel=0.01)
     assert sum(none["timeline_payload_per_step"].values()) == pytest.approx(none["sent_bytes_per_step"], rel=0.01)
-    assert result["raw"]["ddp"][0]["results"][0]["step_s"] > 0
+    ddp = result["raw"]["ddp"][0]["results"][0]
+    assert ddp["spec"] == "ddp+powerSGD_hook:rank=2" and ddp["step_s"] > 0
+    assert 0 < ddp["link_bytes_per_step"] < none["link_bytes_per_step"]
+    # both jobs ran twice, alternating; every figure is the median of the two
+    assert result["raw"]["steps"][0]["side_by_side"] and result["raw"]["steps"][0]["repeats"] == 2
+    assert len(psgd["step_s_repeats"]) == len(ddp["step_s_repeats"]) == 2
     assert [run["spec"] for run in result["raw"]["tta"]] == ["none", "powersgd:rank=2"]
     for name in ("benchmark.md", "step_breakdown.png", "time_to_accuracy.png", "advisor_fit.json"):
         assert (tmp_path / name).stat().st_size > 0, name
