@@ -88,6 +88,7 @@ def summarize(variant: Variant, rounds: int, slowest: Callable[[float], float]) 
     on_cluster = link_bytes() >= 0
     return {"spec": variant.label, "step_s": median(variant.times),
             "step_mean_s": sum(variant.times) / len(variant.times),
+            "step_times_s": list(variant.times),  # this rank's, round by round: resolution, pairing
             "compute_s": slowest(float(median(variant.plain_times))),
             "link_bytes_per_step": variant.sent_on_link / rounds if on_cluster else None}
 

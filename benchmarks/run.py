@@ -84,6 +84,7 @@ def merge_repeats(jobs: list) -> dict:
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     entry[key] = median([e[key] for e in entries])
             entry["step_s_repeats"] = [e["step_s"] for e in entries]
+            entry["step_times_s"] = [t for e in entries for t in e.get("step_times_s", [])]
         merged["results"].append(entry)
     if jobs[0].get("compute_s") is not None:
         merged["compute_s"] = median([job["compute_s"] for job in jobs])

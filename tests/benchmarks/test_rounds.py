@@ -21,16 +21,19 @@ def test_summary_takes_the_slowest_ranks_compute():
     variant = rounds.Variant("a", None, None, times=[0.3, 0.1, 0.2], plain_times=[0.05, 0.07, 0.06])
     summary = rounds.summarize(variant, 3, slowest=lambda mine: max(mine, 0.09))
     assert summary["step_s"] == 0.2 and summary["compute_s"] == 0.09 and summary["spec"] == "a"
+    assert summary["step_times_s"] == [0.3, 0.1, 0.2]
 
 
 def test_repeated_jobs_merge_to_the_median_of_each_figure():
-    jobs = [{"task": "t", "compute_s": c, "results": [{"spec": "x", "step_s": s, "codec_s": k, "collective": "allreduce"},
+    jobs = [{"task": "t", "compute_s": c, "results": [{"spec": "x", "step_s": s, "codec_s": k, "collective": "allreduce",
+                                                       "step_times_s": [s, s]},
                                                       {"spec": "bad", "error": "refused"}]}
             for c, s, k in ((0.05, 0.10, 0.001), (0.07, 0.30, 0.003), (0.06, 0.20, 0.002))]
     merged = merge_repeats(jobs)
     x, bad = merged["results"]
     assert x["step_s"] == 0.20 and x["codec_s"] == 0.002 and x["collective"] == "allreduce"
     assert x["step_s_repeats"] == [0.10, 0.30, 0.20]
+    assert x["step_times_s"] == [0.10, 0.10, 0.30, 0.30, 0.20, 0.20]
     assert bad == {"spec": "bad", "error": "refused"}
     assert merged["repeats"] == 3 and merged["compute_s"] == 0.06
     assert merge_repeats(jobs[:1]) is jobs[0]
