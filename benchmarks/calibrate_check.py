@@ -18,6 +18,17 @@ import numpy as np
 from horovod_powersgd import advisor
 
 
+def median_gap(slower: list, faster: list, resamples: int = 2000, seed: int = 0) -> tuple:
+    """How much slower (relative) the median of ``slower``'s step times is than ``faster``'s, with
+    a 95 % bootstrap interval over steps: (gap, low, high). An interval that holds 0 means the
+    run cannot tell the two apart."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(slower), np.asarray(faster)
+    gaps = [np.median(rng.choice(a, a.size)) / np.median(rng.choice(b, b.size)) - 1 for _ in range(resamples)]
+    low, high = np.percentile(gaps, [2.5, 97.5])
+    return float(np.median(a) / np.median(b) - 1), float(low), float(high)
+
+
 def compare(raw: dict, fits: dict, prefix: str = "powersgd") -> dict:
     rows, fastest = [], []
     for run in raw["steps"]:
@@ -25,10 +36,11 @@ def compare(raw: dict, fits: dict, prefix: str = "powersgd") -> dict:
         if fit is None:
             continue
         shapes = [tuple(s) for s in run["parameter_shapes"]]
-        measured, predicted = {}, {}
+        measured, predicted, steps = {}, {}, {}
         for r in run["results"]:
             if "error" in r:
                 continue
+            steps[r["spec"]] = r.get("step_times_s")
             p = advisor.predict(r["spec"], shapes, fit.bandwidth_bps, run["workers"], fit.compute_s, fit)
             measured[r["spec"]], predicted[r["spec"]] = r["step_s"], p.step_s
             rows.append({"task": run["task"], "rate": run["rate"], "spec": r["spec"], "measured_s": r["step_s"],
@@ -36,8 +48,11 @@ def compare(raw: dict, fits: dict, prefix: str = "powersgd") -> dict:
                          "predicted_compute_s": p.compute_s, "error": p.step_s / r["step_s"] - 1})
         specs = [s for s in measured if s.startswith(prefix)]
         if specs:
-            fastest.append({"task": run["task"], "rate": run["rate"], "measured": min(specs, key=measured.get),
-                            "predicted": min(specs, key=predicted.get)})
+            entry = {"task": run["task"], "rate": run["rate"], "measured": min(specs, key=measured.get),
+                     "predicted": min(specs, key=predicted.get), "gap": None}
+            if entry["measured"] != entry["predicted"] and steps[entry["measured"]] and steps[entry["predicted"]]:
+                entry["gap"] = median_gap(steps[entry["predicted"]], steps[entry["measured"]])
+            fastest.append(entry)
     errors = [abs(r["error"]) for r in rows if r["spec"].startswith(prefix)]
     return {"rows": rows, "fastest": fastest, "median_abs_error": float(np.median(errors)) if errors else None}
 
@@ -65,6 +80,10 @@ def main(argv=None) -> int:
                   f"(compute {r['predicted_compute_s'] * 1e3:6.1f})  {r['error']:+.1%}")
     for f in result["fastest"]:
         verdict = "correct" if f["measured"] == f["predicted"] else "WRONG"
+        if f["gap"] is not None:
+            gap, low, high = f["gap"]
+            verdict += (f"; the predicted one measured {gap:+.1%} [95 % interval {low:+.1%} … {high:+.1%}] "
+                        + ("— a tie at this run's resolution" if low <= 0 <= high else "— a real miss"))
         print(f"fastest PowerSGD spec, {f['task']} at {f['rate']}: measured {f['measured']}, "
               f"predicted {f['predicted']} ({verdict})")
     if result["median_abs_error"] is not None:

@@ -1,0 +1,37 @@
+"""The calibration check: predicted vs measured step times, and whether a miss in the ranking is
+larger than the benchmark run can resolve."""
+import dataclasses
+
+import numpy as np
+
+from benchmarks.calibrate_check import compare, median_gap
+from horovod_powersgd import advisor
+
+
+def test_two_samples_of_one_distribution_are_a_tie():
+    rng = np.random.default_rng(1)
+    gap, low, high = median_gap(list(0.1 * rng.lognormal(0, 0.15, 30)), list(0.1 * rng.lognormal(0, 0.15, 30)))
+    assert low <= 0 <= high
+
+
+def test_a_clear_difference_is_resolved():
+    rng = np.random.default_rng(2)
+    gap, low, high = median_gap(list(0.13 * rng.lognormal(0, 0.05, 30)), list(0.10 * rng.lognormal(0, 0.05, 30)))
+    assert 0 < low < gap < high and abs(gap - 0.3) < 0.1
+
+
+def test_a_wrong_ranking_reports_its_gap():
+    shapes = [(64, 128), (64,), (10, 64), (10,)]
+    # as a calibration has them: its link and the measured compute
+    fit = dataclasses.replace(advisor.Fit.load(), bandwidth_bps=1e9, compute_s=0.05)
+    predicted = {s: advisor.predict(s, shapes, fit.bandwidth_bps, 2, fit.compute_s, fit).step_s
+                 for s in ("powersgd:rank=1", "powersgd:rank=4")}
+    best, worst = sorted(predicted, key=predicted.get)
+    # the measurement says the opposite of the prediction, by a hair
+    results = [{"spec": best, "step_s": 0.101, "compute_s": 0.05, "step_times_s": [0.101, 0.100, 0.102]},
+               {"spec": worst, "step_s": 0.100, "compute_s": 0.05, "step_times_s": [0.100, 0.101, 0.099]}]
+    raw = {"steps": [{"task": "t", "rate": "1gbit", "workers": 2, "parameter_shapes": shapes, "results": results}]}
+    (fastest,) = compare(raw, {"t": fit})["fastest"]
+    assert fastest["measured"] == worst and fastest["predicted"] == best
+    gap, low, high = fastest["gap"]
+    assert gap > 0 and low <= 0 <= high
