@@ -33,7 +33,10 @@ class TorchBackend(Backend):
         return matrix.t()
 
     def from_numpy(self, array, like=None):
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        array = np.ascontiguousarray(array)
+        if not array.flags.writeable:  # e.g. np.frombuffer: a tensor sharing it could be written to
+            array = array.copy()
+        tensor = torch.from_numpy(array)
         return tensor if like is None else tensor.to(like.device)
 
     def to_numpy(self, tensor):
