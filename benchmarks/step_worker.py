@@ -30,12 +30,17 @@ from benchmarks.rounds import Variant, plain_stepper, run_rounds, summarize, tim
 from benchmarks.tasks import TASKS, median, parameter_shapes
 from benchmarks.timeline import collective_payload, wire_bytes
 from examples import _common
+from horovod_powersgd.core.shapes import numel
 
 
-def collective_of(compression) -> str:
-    """'allreduce' or 'allgather': what carries the compressor's payload."""
-    wire = getattr(compression, "wire", None)
-    return getattr(wire, "collective", None) or getattr(compression, "collective", "allreduce")
+def collective_of(compression, shape) -> str:
+    """'allreduce' or 'allgather': what carries the compressor's payload for a gradient of
+    ``shape``, from its own `transfers()` (Horovod's own compressors: all-reduce)."""
+    transfers = getattr(compression, "transfers", None)
+    if transfers is None:
+        return "allreduce"
+    payload = {t.collective for t in transfers(shape) if t.what != "placeholder"}
+    return "allgather" if "allgather" in payload else "allreduce"
 
 
 def compressed_parameters(model, compression, prefix: str = "") -> list:
@@ -130,7 +135,7 @@ def main(argv=None):
         copy = copy_seconds(plain_model, compressed_parameters(variant.model, variant.compression, variant.prefix),
                             lambda i: task.loss(plain_model, i).backward())
         entry.update({
-            "collective": collective_of(variant.compression), "codec_s": codec, "wait_s": wait,
+            "collective": collective_of(variant.compression, max(shapes, key=numel)), "codec_s": codec, "wait_s": wait,
             "copy_s": copy, "codec_copies": codec / copy if copy else None,
             "communicate_s": max(0.0, step_time - compute - codec),
             "sent_bytes_per_step": (s1["sent_bytes_total"] - s0["sent_bytes_total"]) / args.steps,
