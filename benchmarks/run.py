@@ -63,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=ROOT / "results")
     p.add_argument("--timeout", type=float, default=600, help="seconds per job")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.smoke:
         args.rate, args.workers, args.tasks = "100mbit", 2, "fashion_mnist"
         args.specs, args.ddp_ranks, args.steps, args.warmup = "none;powersgd:rank=2", "2", 3, 1
