@@ -54,10 +54,6 @@ class Variant:
     plain_times: List[float] = dataclasses.field(default_factory=list)
     sent_on_link: int = 0  # bytes this host's NIC sent during the variant's timed steps
 
-    @property
-    def step_s(self) -> float:
-        return median(self.times)
-
 
 def warm_up(variants: List[Variant], steps: int) -> None:
     """Every variant's first steps (agreement, warm start, a hook's uncompressed iterations)."""
