@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -87,8 +89,24 @@ def main(argv=None):
         args.out.write_text(json.dumps({"task": args.task, "workers": size, "steps": args.steps,
                                         "results": results, "side_by_side": True}, indent=1))
         print(f"wrote {args.out}", flush=True)
+    leave()
+
+
+def leave() -> None:
+    """End the job once every rank is done, without finalizing the interpreter.
+
+    torch 2.13's gloo threads outlive ``destroy_process_group`` (its ``pt_gloo_runloop`` threads still
+    run after it and a ``gc.collect()``) and meet interpreter finalization. A worker aborted with
+    "terminate called without an active exception" after the results were gathered — once in CI, once
+    in ~130 runs of this worker on a loaded machine; a thread taking the GIL during finalization is
+    ended by a forced unwind, which gives exactly that abort. After the last barrier nothing is left to
+    do, so the process leaves with ``os._exit`` and never finalizes.
+    """
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
