@@ -31,6 +31,7 @@ from benchmarks.tasks import TASKS, median, parameter_shapes
 from benchmarks.timeline import collective_payload, wire_bytes
 from examples import _common
 from horovod_powersgd.core.shapes import numel
+from horovod_powersgd.core.wire import PLACEHOLDER
 
 
 def collective_of(compression, shape) -> str:
@@ -39,7 +40,7 @@ def collective_of(compression, shape) -> str:
     transfers = getattr(compression, "transfers", None)
     if transfers is None:
         return "allreduce"
-    payload = {t.collective for t in transfers(shape) if t.what != "placeholder"}
+    payload = {t.collective for t in transfers(shape) if t.what != PLACEHOLDER}
     return "allgather" if "allgather" in payload else "allreduce"
 
 
