@@ -124,6 +124,14 @@ class Backend(abc.ABC):
         is ignored) where the framework can, to spare an allocation."""
         return self.matmul(left_t, right_t, transpose_a=True)
 
+    def orthogonalize_rows(self, factor_t, epsilon: float):
+        """`horovod_powersgd.core.orthogonalize`: the rows of an r×n tensor made orthonormal, zero
+        where none is left. Default: Gram–Schmidt on the ops above; a backend with a QR
+        decomposition may use the identity stated there instead."""
+        from .orthogonalize import gram_schmidt
+
+        return gram_schmidt(self, factor_t, epsilon)
+
     def pad(self, flat, length: int):
         """A 1-D tensor zero-padded at the end to ``length`` elements."""
         raise NotImplementedError(f"{type(self).__name__} has no pad")
@@ -131,6 +139,10 @@ class Backend(abc.ABC):
     def add_(self, target, value):
         """``target + value``, in place into ``target`` where the framework can."""
         return target + value
+
+    def sub_(self, target, value):
+        """``target − value``, in place into ``target`` where the framework can."""
+        return target - value
 
     def sub_outer_(self, target, left_t, right_t):
         """``target − left_tᵀ @ right_t``, in place into ``target`` where the framework can."""

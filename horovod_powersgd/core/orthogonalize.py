@@ -15,6 +15,11 @@ columns: P̂ P̂ᵀ M then over-counts a direction (by 64 % for two parallel col
   so a round-off residual that does get normalized is orthogonal to them: P̂ stays orthonormal (or has
   zero columns), and P̂ P̂ᵀ is an orthogonal projector whatever the input.
 No direction with real content is ever dropped.
+
+The same result from a QR decomposition: Gram–Schmidt's residual of column j is Q_j R_jj, so
+P̂ = Q · diag(R_jj / max(|R_jj|, epsilon)) (the sign makes the diagonal of R positive, as
+Gram–Schmidt's is). Backends with a LAPACK QR compute it that way (`Backend.orthogonalize_rows`):
+one call instead of ~4r² small tensor operations, 4x faster for r = 2 on the CPU measured here.
 """
 from __future__ import annotations
 
@@ -23,8 +28,13 @@ from .backend import Backend
 
 def orthogonalize(backend: Backend, factor_t, epsilon: float):
     """Rows of ``factor_t`` (r×n: the transposed factor Pᵀ, as PowerSGD stores it) made orthonormal
-    (zero where it has none left) by Gram–Schmidt with re-orthogonalization. Equivalently, the
-    columns of P = ``factor_t``ᵀ become orthonormal."""
+    (zero where it has none left). Equivalently, the columns of P = ``factor_t``ᵀ become
+    orthonormal. The backend's fastest exact form (`gram_schmidt` by default)."""
+    return backend.orthogonalize_rows(factor_t, epsilon)
+
+
+def gram_schmidt(backend: Backend, factor_t, epsilon: float):
+    """`orthogonalize` by Gram–Schmidt with re-orthogonalization, on the backend's basic ops."""
     b = backend
     done = []
     for row in b.rows(factor_t):

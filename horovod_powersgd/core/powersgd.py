@@ -117,6 +117,9 @@ class _TensorState:
     q: object = None  # backend slot: r×m Qᵀ (classic: last Q̄ᵀ; single-round: last reduced Qᵀ)
     p: object = None  # backend slot: r×n last reduced Pᵀ (single-round only)
     error: object = None  # backend slot: n×m error buffer, created (zero) at first use
+    # eager backends: the error buffer the last finite step retired, reused as the next output
+    # (a fresh n×m buffer costs its page faults on every step, more than the product written to it)
+    spare: object = None
 
 
 @dataclasses.dataclass
@@ -317,7 +320,15 @@ class PowerSGD(Compressor):
             wire, left, right = b.cond(step < self.cfg.start_step, warmup,
                                        lambda: b.cond(sends_p, p_step, q_step))
             ctx.sent_bytes = self.wire_bytes(ctx.shape, ctx.dtype)  # warm-up aside: static
-        ctx.payload = (state, M, step, sends_p, left, right)
+        if b.deferred and self.cfg.error_feedback:
+            # E ← M − (local approximation) now, in place, while M is still in the cache from the
+            # product: the next error, which the step's end adopts if the step was finite (the old
+            # error buffer is untouched until then)
+            M = b.sub_outer_(M, left, right)
+            new_error = lambda gradient: M  # noqa: E731
+        else:
+            new_error = lambda gradient: b.sub_outer_(M, left, right)  # noqa: E731
+        ctx.payload = (state, new_error, step, sends_p, left, right)
         return wire, ctx
 
     def _flat_wire(self, factor, state: _TensorState):
@@ -343,7 +354,7 @@ class PowerSGD(Compressor):
 
     def _rebuild_from_one_factor(self, reduced, ctx: Ctx):
         """Single-round: G' = (reduced factor) × (shared factor); the state moves on."""
-        state, M, step, sends_p, left, right = ctx.payload
+        state, new_error, step, sends_p, left, right = ctx.payload
         ctx.payload = None
         b = self.backend
         dtype = compute_dtype(ctx.dtype)
@@ -371,9 +382,8 @@ class PowerSGD(Compressor):
                     b.write_state(state.q, b.cond(sends_p, lambda: b.read_state(state.q),
                                                   lambda: reduced_right))
 
-            # the local factors are this rank's own approximation, which its error measures against
-            out = self._gradient_and_commit(state, M, step, (left, right),
-                                            (reduced_left, reduced_right), keep_factor)
+            out = self._gradient_and_commit(state, new_error, step, (reduced_left, reduced_right),
+                                            keep_factor)
             return b.cast(b.reshape(out, ctx.shape), ctx.dtype)
 
         if b.deferred:
@@ -388,21 +398,25 @@ class PowerSGD(Compressor):
         b.write_state(state.step, step + 1)
         return b.cast(reduced_gradient, ctx.dtype)
 
-    def _gradient_and_commit(self, state: _TensorState, M, step, local, reduced, keep_factor,
+    def _gradient_and_commit(self, state: _TensorState, new_error, step, reduced, keep_factor,
                              out=None):
         """The n×m gradient P Qᵀ of the ``reduced`` factors (r×n, r×m), written into ``out`` if
-        given, and the state update that goes with it: E ← M − (``local`` approximation), in place
-        into M; the kept factor; the step counter.
+        given, and the state update that goes with it: the error buffer becomes
+        ``new_error(gradient)`` (M minus the approximation its error measures against:
+        single-round, this rank's own local one; classic, the averaged one), the kept factor,
+        the step counter.
 
         Eager backends stage the update until the step's end and apply it only if every reduced
         tensor of the step was finite (`_commit_step`): the error buffer simply becomes M, no copy.
         Graph backends decide per tensor, inside the graph, on the reduced factor ``reduced``."""
         b = self.backend
-        gradient = b.outer(*reduced, out=out)
+        gradient = b.outer(*reduced, out=self._take_spare(state) if out is None else out)
 
         def commit():
             if self.cfg.error_feedback:
-                b.write_state(state.error, b.sub_outer_(M, *local))
+                retired = b.read_state(state.error)
+                b.write_state(state.error, new_error(gradient))
+                self._keep_spare(state, retired)
             keep_factor()
             b.write_state(state.step, step + 1)
             return gradient
@@ -412,6 +426,19 @@ class PowerSGD(Compressor):
             return gradient
         return b.cond(b.finite_flag(reduced[0]) & b.finite_flag(reduced[1]), commit,
                       lambda: gradient)
+
+    def _take_spare(self, state: _TensorState):
+        """The n×m buffer the last finite step's error retired (None: none), handed out once.
+
+        Reusing it is safe because nothing outside holds it: it was a gradient given to `compress`
+        (Horovod's optimizer points ``p.grad`` at our output instead) or a buffer we allocated,
+        and it served only as this rank's error buffer since."""
+        spare, state.spare = state.spare, None
+        return spare
+
+    def _keep_spare(self, state: _TensorState, retired) -> None:
+        if self.backend.deferred and retired is not None:
+            state.spare = retired
 
     def _commit_step(self) -> None:
         commits, self._commits = self._commits, []
@@ -445,7 +472,9 @@ class PowerSGD(Compressor):
         ctx = job.ctx
         if ctx.dtype != compute_dtype(ctx.dtype):
             return b.empty(ctx.shape, ctx.dtype, like=job.P_hat)
-        job.buffer = b.empty(job.state.matrix, ctx.dtype, like=job.P_hat)
+        job.buffer = self._take_spare(job.state)
+        if job.buffer is None:
+            job.buffer = b.empty(job.state.matrix, ctx.dtype, like=job.P_hat)
         return b.reshape(job.buffer, ctx.shape)
 
     def _fused_allreduce(self, jobs: list, tensors: list, round_name: str) -> list:
@@ -512,8 +541,15 @@ class PowerSGD(Compressor):
 
         if b.deferred:  # round 2's result decides too (graph backends check it per tensor)
             self._step_finite.append(b.finite_flag(job.Q))
-        out = self._gradient_and_commit(state, job.M, job.step, (job.P_hat, average_q),
-                                        (job.P_hat, job.Q), keep_factor, out=job.buffer)
+        M, P_hat = job.M, job.P_hat
+        if identity.op is ReduceOp.AVERAGE:
+            # E ← M − P̂ Q̄ᵀ is M minus the gradient just written: one pass over M, the gradient
+            # still in the cache, instead of another rank-r product over all of M
+            new_error = lambda gradient: b.sub_(M, gradient)  # noqa: E731
+        else:
+            new_error = lambda gradient: b.sub_outer_(M, P_hat, average_q)  # noqa: E731
+        out = self._gradient_and_commit(state, new_error, job.step, (job.P_hat, job.Q), keep_factor,
+                                        out=job.buffer)
         if job.buffer is None:  # else ``out`` is the buffer job.out views: the gradient is there
             result = b.cast(b.reshape(out, job.ctx.shape), job.ctx.dtype)
             if b.deferred:
@@ -521,6 +557,10 @@ class PowerSGD(Compressor):
             else:
                 job.out = result
         job.M = job.P_hat = job.Q = job.buffer = None  # release the step's temporaries
+
+    def _scaled_slots(self):
+        """The error buffers: they hold gradient mass, in the loss scale's units."""
+        return [state.error for state in self._tensors.values() if state.error is not None]
 
     # ------------------------------------------------------------------ checkpointing
     def _export_tensor_state(self, state: _TensorState) -> dict:

@@ -71,6 +71,9 @@ class NumpyBackend(Backend):
     def add_(self, target, value):
         return np.add(target, value, out=target) if _writable(target, value) else target + value
 
+    def sub_(self, target, value):
+        return np.subtract(target, value, out=target) if _writable(target, value) else target - value
+
     def sub_outer_(self, target, left_t, right_t):
         product = np.transpose(left_t) @ right_t
         return np.subtract(target, product, out=target) if _writable(target, product) \

@@ -56,7 +56,12 @@ class TorchBackend(Backend):
         return torch.where(condition, a, b)
 
     def finite_flag(self, tensor):
-        return torch.isfinite(tensor).all()
+        # min and max propagate NaN, and an inf is one of them: one pass and no boolean temporary,
+        # 8x faster than isfinite(tensor).all() on a 6 MB gradient here (README, "The codec")
+        if tensor.numel() == 0 or not tensor.is_floating_point():
+            return torch.ones((), dtype=torch.bool, device=tensor.device)
+        low, high = torch.aminmax(tensor)
+        return torch.isfinite(low) & torch.isfinite(high)
 
     def all_true(self, flags):
         return torch.stack([flag.to(flags[0].device) for flag in flags]).all()
@@ -67,14 +72,26 @@ class TorchBackend(Backend):
     def stack_rows(self, rows):
         return torch.stack(list(rows), dim=0)
 
-    # Products: the forms below are the fast ones measured with MKL on AVX2 (README, "The codec at
-    # the memory floor"): `P @ Q.t()` or `torch.mm(..., out=)` ran up to 2x slower than ``addmm_``.
+    # Products: the forms below are the fast ones measured with MKL (README, "The codec at the
+    # memory floor"): `P @ Q.t()` or `torch.mm(..., out=)` ran up to 2x slower than ``addmm_``, and
+    # for r <= 2 r rank-1 updates (BLAS ger) 1.9x faster than MKL's k = 2 GEMM on AVX-512.
     # `matmul` is the base class's: ``.t()`` is a view, so BLAS gets a transpose flag, not a copy.
     def outer(self, left_t, right_t, out=None):
         if out is None:
             out = torch.empty((left_t.shape[1], right_t.shape[1]), dtype=left_t.dtype,
                               device=left_t.device)
-        return out.addmm_(left_t.t(), right_t, beta=0)  # beta=0: out's old content is ignored
+        if left_t.shape[0] > 2:
+            return out.addmm_(left_t.t(), right_t, beta=0)  # beta=0: out's old content is ignored
+        out.addr_(left_t[0], right_t[0], beta=0)
+        for left, right in zip(left_t[1:], right_t[1:]):
+            out.addr_(left, right)
+        return out
+
+    def orthogonalize_rows(self, factor_t, epsilon):
+        # core.orthogonalize's QR form: P̂ = Q·diag(R_jj / max(|R_jj|, ε)), LAPACK's geqrf + orgqr
+        Q, R = torch.linalg.qr(factor_t.t())
+        diagonal = R.diagonal()
+        return (Q * (diagonal / diagonal.abs().clamp_min(epsilon))).t()
 
     def pad(self, flat, length):
         return torch.nn.functional.pad(flat, (0, length - flat.shape[0]))
@@ -83,6 +100,11 @@ class TorchBackend(Backend):
         if target.requires_grad or target.dtype != value.dtype or not target.is_contiguous():
             return target + value  # not safe to write into (autograd, expanded or odd layout)
         return target.add_(value)
+
+    def sub_(self, target, value):
+        if target.requires_grad or target.dtype != value.dtype or not target.is_contiguous():
+            return target - value
+        return target.sub_(value)
 
     def sub_outer_(self, target, left_t, right_t):
         return target.addmm_(left_t.t(), right_t, alpha=-1)

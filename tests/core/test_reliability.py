@@ -132,6 +132,26 @@ def test_rescale_state_multiplies_the_buffers(name):
                 np.testing.assert_array_equal(after["tensors"][tensor]["slots"][field], expected)
 
 
+@pytest.mark.parametrize("alternate", [False, True])
+def test_rescale_state_multiplies_powersgd_error_buffers_not_its_factors(alternate):
+    def rank_main(comm):
+        compressor = COMPRESSORS["powersgd"](NumpyBackend(comm), rank=2, alternate=alternate)
+        for step in range(3):
+            reduce_gradients(compressor, random_gradients(SHAPES, comm.rank, step))
+        before = compressor.state_dict()
+        compressor.set_loss_scale(1024.0)
+        compressor.set_loss_scale(512.0)  # the scaler halved its scale: the errors follow
+        return before, compressor.state_dict()
+
+    for before, after in run_ranks(rank_main):
+        state_before, state_after = before["tensors"]["dense"], after["tensors"]["dense"]
+        assert np.abs(state_before["error"]).max() > 0
+        np.testing.assert_array_equal(state_after["error"], np.asarray(state_before["error"]) * 0.5)
+        for field in ("q", "p", "step"):  # warm-start factors are scale-free
+            np.testing.assert_array_equal(np.asarray(state_after[field], dtype=float),
+                                          np.asarray(state_before[field], dtype=float))
+
+
 @pytest.mark.parametrize("name", ["powersgd", "topk"])
 def test_elastic_sync_takes_shared_state_from_rank_0_and_keeps_own_error_buffers(name):
     """The documented rule for a reset: config, step counters and warm-start factors from rank 0;

@@ -44,3 +44,27 @@ def test_compressors_are_registered_for_horovod_elastic_torch_state():
 
     handler = _get_handler(PowerSGD(rank=2))
     assert handler is not None and type(handler).__name__ == "CompressorStateHandler"
+
+
+@pytest.mark.parametrize("alternate", [False, True])
+def test_outputs_handed_out_are_never_written_again(alternate):
+    """PowerSGD writes a step's gradient into the error buffer the previous step retired (no fresh
+    n×m allocation per step): what earlier steps handed out stays as it was, and the buffer reused
+    is a gradient given to compress two steps before, not anything still handed out."""
+    import horovod.torch as hvd
+
+    hvd.init()
+    weight = torch.nn.Parameter(torch.zeros(24, 20))
+    c = PowerSGD(rank=2, alternate=alternate).register_parameters([("w", weight)])
+    generator = torch.Generator().manual_seed(0)
+    inputs, outputs, copies = [], [], []
+    for step in range(8):
+        weight.grad = torch.randn(24, 20, generator=generator)
+        inputs.append(weight.grad.data_ptr())
+        wire, ctx = c.compress(weight.grad)
+        out = c.decompress(hvd.allreduce(wire, name="w"), ctx)
+        outputs.append(out)
+        copies.append(out.clone())
+    for step, (out, copy) in enumerate(zip(outputs, copies)):
+        torch.testing.assert_close(out, copy, rtol=0, atol=0, msg=f"step {step}'s output changed")
+    assert [out.data_ptr() for out in outputs[2:]] == inputs[:-2]

@@ -1,0 +1,56 @@
+"""The PyTorch backend's fast forms compute what the core's definitions say."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from horovod_powersgd.core.orthogonalize import gram_schmidt
+from horovod_powersgd.torch.backend import TorchBackend
+
+BACKEND = TorchBackend()
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 24)),
+              elements=st.one_of(st.sampled_from([0.0, 1.0, -2.5, 1e-30]),
+                                 st.floats(-10, 10, allow_nan=False))))
+def test_qr_orthogonalization_equals_gram_schmidt(factor_t):
+    """Degenerate rows included (zero, repeated, tiny): the QR form of core.orthogonalize."""
+    factor_t = torch.from_numpy(factor_t)
+    if factor_t.shape[0] > factor_t.shape[1]:  # r > n cannot be orthonormal; PowerSGD caps r at n
+        factor_t = factor_t[:factor_t.shape[1]]
+    fast = BACKEND.orthogonalize_rows(factor_t, 1e-8)
+    np.testing.assert_allclose(fast.numpy(), gram_schmidt(BACKEND, factor_t, 1e-8).numpy(),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), -float("inf")])
+def test_finite_flag(dtype, bad):
+    tensor = torch.ones(1000, dtype=dtype)
+    if bad is not None:
+        tensor[417] = bad
+    assert bool(BACKEND.finite_flag(tensor)) is (bad is None)
+
+
+def test_finite_flag_of_empty_and_integer_tensors_is_true():
+    assert bool(BACKEND.finite_flag(torch.ones(0)))
+    assert bool(BACKEND.finite_flag(torch.arange(5, dtype=torch.uint8)))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3, 5])
+def test_outer_and_in_place_updates(rank):
+    left_t, right_t = torch.randn(rank, 17), torch.randn(rank, 9)
+    expected = left_t.t() @ right_t
+    out = torch.full((17, 9), float("nan"))  # whatever the buffer held is ignored
+    assert BACKEND.outer(left_t, right_t, out=out) is out
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(BACKEND.outer(left_t, right_t), expected)
+    target = torch.randn(17, 9)
+    start = target.clone()
+    assert BACKEND.sub_outer_(target, left_t, right_t) is target
+    torch.testing.assert_close(target, start - expected)
+    assert BACKEND.sub_(target, start) is target
+    torch.testing.assert_close(target, -expected)
