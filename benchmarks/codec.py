@@ -3,10 +3,11 @@
 
     .venv/bin/python -m benchmarks.codec                      # both tasks, ranks 1, 2, 4
     .venv/bin/python -m benchmarks.codec --tasks fashion_mnist --ranks 2
+    .venv/bin/python -m benchmarks.codec --ranks 2 --specs 'fp16;signum;topk:ratio=0.01;randomk:ratio=0.01'
 
 Part 1 times the thin products of rank-r PowerSGD for the task's largest gradient matrix in the
-layout a textbook writes (M Q, Mᵀ P, P Qᵀ into a new tensor) and in the one the core uses (factors
-kept transposed: Qᵀ Mᵀ, Pᵀ M, outer product by ``addmm_`` into a buffer). Part 2 runs the real
+layout a textbook writes (M Q, Mᵀ P, P Qᵀ into a new tensor) and as the core asks the PyTorch
+backend for them (factors kept transposed: Qᵀ Mᵀ, Pᵀ M, the outer product into a buffer). Part 2 runs the real
 compressors (``horovod_powersgd.torch``) over a real backward pass of the task's model, one process
 (Horovod with one rank: the all-reduce is the identity), and divides their compress + decompress
 seconds per step by one memcpy of the gradients they compress, taken right after a backward pass.
@@ -38,15 +39,16 @@ def median_ms(fn, repeats: int = 30, warmup: int = 5) -> float:
 
 def layouts(n: int, m: int, rank: int) -> list:
     """(product, textbook ms, ours ms) for one n×m matrix."""
+    from horovod_powersgd.torch.backend import TorchBackend
+
+    b = TorchBackend()  # "ours": the calls the core makes, as the PyTorch backend runs them
     M, buffer = torch.randn(n, m), torch.empty(n, m)
     Q, P = torch.randn(m, rank), torch.randn(n, rank)
     Q_t, P_t = Q.t().contiguous(), P.t().contiguous()
-    return [("P = M Q", median_ms(lambda: M @ Q), median_ms(lambda: Q_t @ M.t())),
-            ("Q = Mᵀ P", median_ms(lambda: M.t() @ P), median_ms(lambda: P_t @ M)),
-            ("G' = P Qᵀ", median_ms(lambda: P @ Q.t()),
-             median_ms(lambda: buffer.addmm_(P_t.t(), Q_t, beta=0))),
-            ("E -= P Qᵀ", median_ms(lambda: M.sub_(P @ Q.t())),
-             median_ms(lambda: M.addmm_(P_t.t(), Q_t, alpha=-1)))]
+    return [("P = M Q", median_ms(lambda: M @ Q), median_ms(lambda: b.matmul(Q_t, M, transpose_b=True))),
+            ("Q = Mᵀ P", median_ms(lambda: M.t() @ P), median_ms(lambda: b.matmul(P_t, M))),
+            ("G' = P Qᵀ", median_ms(lambda: P @ Q.t()), median_ms(lambda: b.outer(P_t, Q_t, out=buffer))),
+            ("E -= P Qᵀ", median_ms(lambda: M.sub_(P @ Q.t())), median_ms(lambda: b.sub_outer_(M, P_t, Q_t)))]
 
 
 def codec_in_copies(task_name: str, spec: str, steps: int = 20) -> dict:
@@ -82,6 +84,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="fashion_mnist,ptb_lstm")
     parser.add_argument("--ranks", default="1,2,4")
+    parser.add_argument("--specs", default="",
+                        help="';'-separated specs to time as well (default: PowerSGD only, both "
+                             "variants at each of --ranks)")
     args = parser.parse_args(argv)
     import horovod.torch as hvd
 
@@ -100,10 +105,11 @@ def main(argv=None) -> None:
                 print(f"| {rank} | {product} | {textbook:.3f} | {ours:.3f} | {textbook / ours:.1f}× |")
         print(f"\n## {task_name}: compress + decompress per step, in copies\n")
         print("| spec | codec ms | one memcpy ms | copies |\n|---|---:|---:|---:|")
-        for rank in ranks:
-            for spec in (f"powersgd:rank={rank}", f"powersgd:rank={rank},alternate=True"):
-                r = codec_in_copies(task_name, spec)
-                print(f"| {r['spec']} | {r['codec_ms']:.2f} | {r['copy_ms']:.3f} | {r['copies']:.1f} |")
+        specs = [spec for rank in ranks
+                 for spec in (f"powersgd:rank={rank}", f"powersgd:rank={rank},alternate=True")]
+        for spec in specs + [spec for spec in args.specs.split(";") if spec.strip()]:
+            r = codec_in_copies(task_name, spec)
+            print(f"| {r['spec']} | {r['codec_ms']:.2f} | {r['copy_ms']:.3f} | {r['copies']:.1f} |")
         print()
 
 
