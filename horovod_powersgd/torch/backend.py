@@ -88,10 +88,14 @@ class TorchBackend(Backend):
         return out
 
     def orthogonalize_rows(self, factor_t, epsilon):
-        # core.orthogonalize's QR form: P̂ = Q·diag(R_jj / max(|R_jj|, ε)), LAPACK's geqrf + orgqr
+        # core.orthogonalize's QR form: P̂ = Q·diag(sign(R_jj)), LAPACK's geqrf + orgqr
+        if factor_t.shape[0] > factor_t.shape[1]:
+            return super().orthogonalize_rows(factor_t, epsilon)
         Q, R = torch.linalg.qr(factor_t.t())
         diagonal = R.diagonal()
-        return (Q * (diagonal / diagonal.abs().clamp_min(epsilon))).t()
+        if bool((diagonal.abs() <= epsilon).any()):  # a (near-)zero column: see core.orthogonalize
+            return super().orthogonalize_rows(factor_t, epsilon)
+        return (Q * diagonal.sign()).t()
 
     def pad(self, flat, length):
         return torch.nn.functional.pad(flat, (0, length - flat.shape[0]))
