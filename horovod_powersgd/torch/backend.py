@@ -101,14 +101,10 @@ class TorchBackend(Backend):
         return torch.nn.functional.pad(flat, (0, length - flat.shape[0]))
 
     def add_(self, target, value):
-        if target.requires_grad or target.dtype != value.dtype or not target.is_contiguous():
-            return target + value  # not safe to write into (autograd, expanded or odd layout)
-        return target.add_(value)
+        return target.add_(value) if _writable(target, value) else target + value
 
     def sub_(self, target, value):
-        if target.requires_grad or target.dtype != value.dtype or not target.is_contiguous():
-            return target - value
-        return target.sub_(value)
+        return target.sub_(value) if _writable(target, value) else target - value
 
     def sub_outer_(self, target, left_t, right_t):
         return target.addmm_(left_t.t(), right_t, alpha=-1)
@@ -184,3 +180,9 @@ class TorchBackend(Backend):
         import horovod.torch as hvd
 
         return hvd.synchronize(handle)
+
+
+def _writable(target, value) -> bool:
+    """Whether ``target`` may take ``value``'s result in place: not under autograd, the same dtype,
+    and a plain contiguous layout (not an expanded or strided view)."""
+    return not target.requires_grad and target.dtype == value.dtype and target.is_contiguous()
