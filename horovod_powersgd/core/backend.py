@@ -108,6 +108,10 @@ class Backend(abc.ABC):
     def stack_rows(self, rows: Sequence) -> Any:
         """Inverse of `rows`: a 2-D tensor, one row per element."""
 
+    @abc.abstractmethod
+    def concat(self, tensors: Sequence) -> Any:
+        """The tensors joined along their first axis (1-D: end to end; 2-D: rows after rows)."""
+
     # ------------------------------------------------------------------ products for the low-rank codecs
     # PowerSGD keeps its factors as r×n and r×m row-major tensors ("transposed factors"): every
     # product then has the r-row factor on the left, the shape for which the BLAS kernels measured

@@ -33,16 +33,35 @@ so Σ_i E_i = Σ_i M_i − N·G' as in the classic scheme. Each step is one half
 warm-started from the last, so over two steps the factors track the dominant subspace as the
 classic k = 1 iteration does, with half the rounds and half the bytes per step.
 
+Two-sided single-round (``two_sided=True``) — one all-reduce per step carrying both factors, each
+multiplied with the *other* side's shared factor of the previous step:
+
+    P̂ ← orthogonalize(P̄ of step t−1),  Q̂ ← orthogonalize(Q̄ of step t−1)   (seeded Gaussians at t = 0)
+    Pᵀ ← Q̂ᵀ Mᵀ,  Qᵀ ← P̂ᵀ M,  (P̄ᵀ, Q̄ᵀ) ← all-reduce(Pᵀ, Qᵀ)                 one round
+    G' ← P̂ Q̄ᵀ + (P̄ − P̂ P̂ᵀ P̄) Q̂ᵀ  =  M̄ − (I − P̂P̂ᵀ) M̄ (I − Q̂Q̂ᵀ)
+    E  ← M − (the same with this rank's own P and Q)
+
+G' keeps everything of M̄ that lies in the column space of P̂ *or* the row space of Q̂: the
+projection onto both subspaces, rank ≤ 2r, where the alternating scheme keeps one of them per step.
+It is linear in M for the same reason as above (P̂ and Q̂ are identical on every rank), so one
+all-reduce of the pair gives the average of every rank's own approximation. Each side's factor
+moves half a power iteration per step, P from Q̂ and Q from P̂: two interleaved warm-started
+chains, each tracking the dominant subspace as the alternating scheme's one chain does. It sends
+classic's r(n+m) numbers per step in classic's one-round latency. Measured on the Fashion-MNIST CNN
+(README, "Two-sided single-round"), it trains to classic's accuracy where the alternating scheme
+falls short.
+
 Bytes: classic k·r(n+m) numbers per compressed matrix per step; single-round r·n and r·m on
 alternate steps, each zero-padded to r·max(n, m) so that Horovod sees one shape per tensor (its
-response cache renegotiates a tensor whose shape changed, which costs extra rounds). Tensors with one dimension and matrices that would not shrink by
+response cache renegotiates a tensor whose shape changed, which costs extra rounds); two-sided
+r(n+m), P and Q flat in one tensor. Tensors with one dimension and matrices that would not shrink by
 ``min_compression_rate`` go uncompressed.
 
 How the phases map onto Horovod's one-collective hook (docs/design.md, "Phases"):
   `_compress`          adds the error, computes the factor to send; Horovod all-reduces it with
                        everything else during backprop.
-  `_decompress`        single-round: rebuilds the gradient and updates the state — done
-                       (`_rebuild_from_one_factor`).
+  `_decompress`        single-round (both schemes): rebuilds the gradient and updates the state —
+                       done (`_rebuild_in_one_round`).
                        classic: orthogonalizes P̄, computes Q (`_compute_q`), hands Horovod the
                        gradient's output tensor (on eager backends not yet filled).
   `_run_own_rounds`    classic, eager backends: once the step's last tensor is decompressed, sends
@@ -86,11 +105,12 @@ class PowerSGDConfig(NamedTuple):
     orthogonalization_epsilon: float = 1e-8  # keeps zero / rank-deficient gradients from making NaN
     wire_dtype: Optional[str] = None  # 'float16'/'bfloat16' to send the factors in half precision
     alternate: bool = False  # True: one all-reduce per step (P and Q on alternate steps), half the bytes
+    two_sided: bool = False  # True: one all-reduce per step carrying P and Q together, classic's bytes
 
     def validate(self) -> "PowerSGDConfig":
         for name, minimum in (("rank", 1), ("power_iterations", 1), ("start_step", 0), ("seed", 0)):
             arguments.integer("PowerSGD", name, getattr(self, name), minimum)
-        for name in ("warm_start", "error_feedback", "alternate"):
+        for name in ("warm_start", "error_feedback", "alternate", "two_sided"):
             arguments.boolean("PowerSGD", name, getattr(self, name))
         arguments.number("PowerSGD", "min_compression_rate", self.min_compression_rate, "(0, inf)")
         arguments.number("PowerSGD", "orthogonalization_epsilon", self.orthogonalization_epsilon,
@@ -103,7 +123,20 @@ class PowerSGDConfig(NamedTuple):
                              f"(one all-reduce); power_iterations must be 1 with it, got "
                              f"{self.power_iterations}. Use alternate=False for k iterations "
                              f"(2k all-reduce rounds per step)")
+        if self.two_sided and self.alternate:
+            raise ValueError("PowerSGD: alternate=True and two_sided=True are two different "
+                             "single-round schemes; choose one")
+        if self.two_sided and self.power_iterations != 1:
+            raise ValueError(f"PowerSGD: two_sided=True does one half of a power iteration on each "
+                             f"side per step (one all-reduce); power_iterations must be 1 with it, "
+                             f"got {self.power_iterations}. Use alternate=False for k iterations "
+                             f"(2k all-reduce rounds per step)")
         return self
+
+    @property
+    def single_round(self) -> bool:
+        """One all-reduce per step: either single-round scheme."""
+        return self.alternate or self.two_sided
 
 
 @dataclasses.dataclass
@@ -115,7 +148,7 @@ class _TensorState:
     rank: int  # effective rank: min(r, n, m)
     step: object = None  # backend slot: how many steps of this tensor completed (finite ones)
     q: object = None  # backend slot: r×m Qᵀ (classic: last Q̄ᵀ; single-round: last reduced Qᵀ)
-    p: object = None  # backend slot: r×n last reduced Pᵀ (single-round only)
+    p: object = None  # backend slot: r×n last reduced Pᵀ (single-round schemes only)
     error: object = None  # backend slot: n×m error buffer, created (zero) at first use
     # eager backends: the error buffer the last finite step retired, reused as the next output
     # (a fresh n×m buffer costs its page faults on every step, more than the product written to it)
@@ -141,6 +174,7 @@ class PowerSGD(Compressor):
 
     Classic: r(n+m) numbers per compressed n×m matrix per step, in two all-reduces.
     ``alternate=True``: one all-reduce per step, r·n and r·m numbers on alternate steps.
+    ``two_sided=True``: one all-reduce per step, r(n+m) numbers, a rank-≤2r approximation.
     All other tensors go as they are. Biased; error feedback makes it converge like uncompressed SGD
     in the paper's experiments.
 
@@ -155,6 +189,9 @@ class PowerSGD(Compressor):
                       Wire("32·r·max(n,m)/(n·m)", biased=True, error_feedback=True,
                            note="one all-reduce per step: P and Q on alternate steps, padded to one "
                                 "shape")),
+                     ("two_sided=True",
+                      Wire("32·r·(n+m)/(n·m)", biased=True, error_feedback=True,
+                           note="one all-reduce per step: P = MQ̂ and Q = MᵀP̂ together, rank ≤ 2r")),
                      ("error_feedback=False",
                       Wire("32·k·r·(n+m)/(n·m)", biased=True, error_feedback=False,
                            note="no memory: what the approximation misses is lost")),
@@ -167,7 +204,8 @@ class PowerSGD(Compressor):
         else the compute dtype): classic, iteration i = 0 … k−1 sends Pᵀ (r·n) in round 2i and Qᵀ
         (r·m) in round 2i + 1 — round 0 is Horovod's own all-reduce, fused with every uncompressed
         tensor, the rest our grouped all-reduces (`_fused_allreduce`); single-round, P or Q flat and
-        padded to r·max(n, m) numbers (`_flat_wire`) in round 0. Other tensors go as they are."""
+        padded to r·max(n, m) numbers (`_flat_wire`) in round 0; two-sided, P and Q flat in one
+        tensor of r(n+m) numbers in round 0. Other tensors go as they are."""
         state = self._plan(tuple(shape))
         if state.matrix is None:
             return raw(shape, dtype)
@@ -175,6 +213,8 @@ class PowerSGD(Compressor):
         number = itemsize(self.cfg.wire_dtype or compute_dtype(dtype))
         if self.cfg.alternate:
             return [Transfer("allreduce", r * max(n, m) * number, 0, "P or Q, padded")]
+        if self.cfg.two_sided:
+            return [Transfer("allreduce", r * (n + m) * number, 0, "P and Q")]
         return [Transfer("allreduce", r * size * number, 2 * i + j, factor)
                 for i in range(self.cfg.power_iterations)
                 for j, (factor, size) in enumerate((("P", n), ("Q", m)))]
@@ -183,10 +223,11 @@ class PowerSGD(Compressor):
                  warm_start: bool = True, error_feedback: bool = True,
                  min_compression_rate: float = 2.0, start_step: int = 0, seed: int = 0,
                  orthogonalization_epsilon: float = 1e-8, wire_dtype: Optional[str] = None,
-                 alternate: bool = False):
+                 alternate: bool = False, two_sided: bool = False):
         self.cfg = PowerSGDConfig(rank, power_iterations, warm_start, error_feedback,
                                   float(min_compression_rate), start_step, seed,
-                                  float(orthogonalization_epsilon), wire_dtype, alternate).validate()
+                                  float(orthogonalization_epsilon), wire_dtype, alternate,
+                                  two_sided).validate()
         if wire_dtype in getattr(backend, "allreduce_unsupported_dtypes", ()):
             raise ValueError(f"PowerSGD: wire_dtype={wire_dtype!r} cannot be all-reduced by this "
                              f"Horovod (0.28.1 has no {wire_dtype} all-reduce); use 'float16'")
@@ -218,11 +259,16 @@ class PowerSGD(Compressor):
             return _TensorState(shape, None, 0)
         return _TensorState(shape, (n, m), rank)
 
-    def initial_q(self, m: int, rank: int, step: int = 0) -> np.ndarray:
-        """The seeded Gaussian m×r Q: identical on every rank and in every framework, drawn from a
-        private generator (the global RNGs are not touched). ``step`` > 0 only without warm start."""
-        key = zlib.crc32(f"{self.cfg.seed}/{m}/{rank}/{step}".encode())
-        return np.random.default_rng(key).standard_normal((m, rank)).astype(np.float32)
+    def initial_factor(self, size: int, rank: int, step: int = 0, side: str = "q") -> np.ndarray:
+        """The seeded Gaussian size×r factor: identical on every rank and in every framework, drawn
+        from a private generator (the global RNGs are not touched). ``side`` "q" is the initial Q
+        (size m) of every scheme, "p" the two-sided scheme's initial P (size n), each from its
+        own stream. ``step`` > 0 only without warm start."""
+        key = zlib.crc32(f"{self._stream(side, size, rank)}/{step}".encode())
+        return np.random.default_rng(key).standard_normal((size, rank)).astype(np.float32)
+
+    def _stream(self, side: str, size: int, rank: int) -> str:
+        return f"{self.cfg.seed}/{size}/{rank}" if side == "q" else f"{self.cfg.seed}/{side}/{size}/{rank}"
 
     def _sends_p(self, compressed_step):
         """Single-round: whether compressed step ``compressed_step`` sends P (else Q). Without warm
@@ -231,26 +277,25 @@ class PowerSGD(Compressor):
             return True
         return compressed_step % 2 == 0
 
-    def _q_t(self, name: str, state: _TensorState, like, compressed_step, dtype: str):
-        """Qᵀ (r×m) to multiply with: last step's (warm start), or a seeded Gaussian that every rank
-        draws alike (the first step, and every step without warm start)."""
+    def _shared_t(self, name: str, state: _TensorState, side: str, like, compressed_step,
+                  dtype: str):
+        """The factor that this step orthogonalizes and multiplies with, transposed (``side`` "q":
+        r×m Qᵀ, "p": r×n Pᵀ): last step's reduced one (warm start), or a seeded Gaussian that every
+        rank draws alike (the first step; every step without warm start). The alternating scheme's
+        P starts at zero instead: its first P̂ comes from a P-step's result, never from a seed."""
         b = self.backend
-        m = state.matrix[1]
+        size = state.matrix[1 if side == "q" else 0]
         if not self.cfg.warm_start:
-            key = zlib.crc32(f"{self.cfg.seed}/{m}/{state.rank}".encode())
-            return b.cast(b.seeded_normal((state.rank, m), key, compressed_step, like=like), dtype)
-        if state.q is None:
-            initial = np.ascontiguousarray(self.initial_q(m, state.rank).T)
-            state.q = self._new_slot(b.cast(b.from_numpy(initial, like=like), dtype), f"{name}/q")
-        return b.to_device_of(b.read_state(state.q), like)
-
-    def _p_t(self, name: str, state: _TensorState, like, dtype: str):
-        """Last step's reduced Pᵀ (r×n), single-round only; zeros until the first P-step."""
-        b = self.backend
-        if state.p is None:
-            state.p = self._new_slot(b.zeros((state.rank, state.matrix[0]), dtype, like=like),
-                                     f"{name}/p")
-        return b.to_device_of(b.read_state(state.p), like)
+            key = zlib.crc32(self._stream(side, size, state.rank).encode())
+            return b.cast(b.seeded_normal((state.rank, size), key, compressed_step, like=like), dtype)
+        if getattr(state, side) is None:
+            if side == "p" and self.cfg.alternate:
+                initial = b.zeros((state.rank, size), dtype, like=like)
+            else:
+                seeded = np.ascontiguousarray(self.initial_factor(size, state.rank, side=side).T)
+                initial = b.cast(b.from_numpy(seeded, like=like), dtype)
+            setattr(state, side, self._new_slot(initial, f"{name}/{side}"))
+        return b.to_device_of(b.read_state(getattr(state, side)), like)
 
     def _error(self, name: str, state: _TensorState, like, dtype: str):
         b = self.backend
@@ -283,42 +328,56 @@ class PowerSGD(Compressor):
         if self.cfg.error_feedback:
             M = b.add_(M, self._error(name, state, M, dtype))
         compressed_step = step - self.cfg.start_step
-        if self.cfg.alternate:
-            return self._send_one_factor(tensor, ctx, state, M, step, compressed_step, dtype)
-        P = b.matmul(self._q_t(name, state, M, compressed_step, dtype), M, transpose_b=True)
+        if self.cfg.single_round:
+            return self._send_in_one_round(tensor, ctx, state, M, step, compressed_step, dtype)
+        P = b.matmul(self._shared_t(name, state, "q", M, compressed_step, dtype), M,
+                     transpose_b=True)
         ctx.payload = (state, M, step, tensor)
         return self._wire(P), ctx
 
-    def _send_one_factor(self, gradient, ctx: Ctx, state, M, step, compressed_step, dtype):
-        """Single-round: multiply M by the shared orthonormal factor and send the product."""
+    def _send_in_one_round(self, gradient, ctx: Ctx, state, M, step, compressed_step, dtype):
+        """Single-round, both schemes: multiply M by the shared orthonormal factor(s) and send the
+        product(s) as one flat tensor; keep this rank's own approximation for its error."""
         b = self.backend
         name, eps = ctx.identity.name, self.cfg.orthogonalization_epsilon
+        shared = lambda side: orthogonalize(  # noqa: E731
+            b, self._shared_t(name, state, side, M, compressed_step, dtype), eps)
 
-        def p_step():  # returns (what to send, left factor r×n, right factor r×m)
-            Q_hat = orthogonalize(b, self._q_t(name, state, M, compressed_step, dtype), eps)
+        # each returns (what to send, left factor, right factor): the approximation is leftᵀ right
+        def p_step():
+            Q_hat = shared("q")
             P = b.matmul(Q_hat, M, transpose_b=True)
             return self._flat_wire(P, state), P, Q_hat
 
         def q_step():
-            P_hat = orthogonalize(b, self._p_t(name, state, M, dtype), eps)
+            P_hat = shared("p")
             Q = b.matmul(P_hat, M)
             return self._flat_wire(Q, state), P_hat, Q
 
+        def both_sides():
+            P_hat, Q_hat = shared("p"), shared("q")
+            P, Q = b.matmul(Q_hat, M, transpose_b=True), b.matmul(P_hat, M)
+            wire = b.concat([b.reshape(self._wire(P), (-1,)), b.reshape(self._wire(Q), (-1,))])
+            return (wire, *self._two_sided_factors(P_hat, Q_hat, P, Q))
+
         sends_p = self._sends_p(compressed_step)
-        if self.cfg.warm_start:
-            self._p_t(name, state, M, dtype)  # both factor slots exist before any branch writes one
+        if self.cfg.two_sided:
+            send, rows = both_sides, 2 * state.rank
+        else:
+            send, rows = (lambda: b.cond(sends_p, p_step, q_step)), state.rank
+            if self.cfg.warm_start:  # both factor slots exist before any branch writes one
+                self._shared_t(name, state, "p", M, compressed_step, dtype)
         if b.deferred:
-            wire, left, right = p_step() if sends_p else q_step()
+            wire, left, right = send()
         else:
             n, m = state.matrix
-            # Graph backends: one all-reduce of a flat tensor whose length differs per step (r·n,
-            # r·m, or the whole gradient during warm-up); Horovod's all-reduce takes dynamic shapes.
+            # Graph backends: one all-reduce of a flat tensor whose length differs per step (the
+            # wire, or the whole gradient during warm-up); Horovod's all-reduce takes dynamic shapes.
             def warmup():
                 return (b.reshape(self._wire(b.cast(gradient, dtype)), (-1,)),
-                        b.zeros((state.rank, n), dtype), b.zeros((state.rank, m), dtype))
+                        b.zeros((rows, n), dtype), b.zeros((rows, m), dtype))
 
-            wire, left, right = b.cond(step < self.cfg.start_step, warmup,
-                                       lambda: b.cond(sends_p, p_step, q_step))
+            wire, left, right = b.cond(step < self.cfg.start_step, warmup, send)
             ctx.sent_bytes = self.wire_bytes(ctx.shape, ctx.dtype)  # warm-up aside: static
         if b.deferred and self.cfg.error_feedback:
             # E ← M − (local approximation) now, in place, while M is still in the cache from the
@@ -331,6 +390,15 @@ class PowerSGD(Compressor):
         ctx.payload = (state, new_error, step, sends_p, left, right)
         return wire, ctx
 
+    def _two_sided_factors(self, P_hat, Q_hat, P, Q):
+        """Two-sided: the rows (2r×n, 2r×m) of P̂ Qᵀ + (P − P̂ P̂ᵀ P) Q̂ᵀ, for P = M Q̂ and Q = Mᵀ P̂ —
+        all transposed, as the factors are kept. That is M − (I − P̂P̂ᵀ) M (I − Q̂Q̂ᵀ): Qᵀ carries
+        M's part in P̂'s column space, and P with that part taken out (P̂ᵀ P = P̂ᵀ M Q̂ would be
+        counted twice) the rest of its part in Q̂'s row space."""
+        b = self.backend
+        P_off = P - b.matmul(b.matmul(P, P_hat, transpose_b=True), P_hat)  # not in place: P is kept
+        return b.concat([P_hat, P_off]), b.concat([Q, Q_hat])
+
     def _flat_wire(self, factor, state: _TensorState):
         """Single-round: the factor flat, zero-padded to r·max(n, m). One shape for P-steps and
         Q-steps: Horovod's response cache keys on the shape, and a shape that changed every step
@@ -340,8 +408,8 @@ class PowerSGD(Compressor):
 
     # ------------------------------------------------------------------ phase 2: decompress
     def _decompress(self, reduced, ctx: Ctx):
-        if self.cfg.alternate:
-            return self._rebuild_from_one_factor(reduced, ctx)
+        if self.cfg.single_round:
+            return self._rebuild_in_one_round(reduced, ctx)
         state, M, step, gradient = ctx.payload
         ctx.payload = None
         b = self.backend
@@ -352,35 +420,44 @@ class PowerSGD(Compressor):
                           lambda: self._compute_q(reduced, ctx, state, M, step))
         return self._compute_q(reduced, ctx, state, M, step)
 
-    def _rebuild_from_one_factor(self, reduced, ctx: Ctx):
-        """Single-round: G' = (reduced factor) × (shared factor); the state moves on."""
+    def _rebuild_in_one_round(self, reduced, ctx: Ctx):
+        """Single-round, both schemes: G' from the reduced factor(s) and the shared one(s); the
+        state moves on."""
         state, new_error, step, sends_p, left, right = ctx.payload
         ctx.payload = None
         b = self.backend
         dtype = compute_dtype(ctx.dtype)
-        n, m = state.matrix
+        r, (n, m) = state.rank, state.matrix
         reduced = b.cast(reduced, dtype)
+        P_bar = lambda: b.reshape(reduced[:r * n], (r, n))  # noqa: E731
+        Q_bar = lambda: b.reshape(reduced[:r * m] if not self.cfg.two_sided  # noqa: E731
+                                  else reduced[r * n:], (r, m))
 
-        def after_p_step():
-            return b.reshape(reduced[:state.rank * n], (state.rank, n)), right
-
-        def after_q_step():
-            return left, b.reshape(reduced[:state.rank * m], (state.rank, m))
+        def reduced_factors():  # (left, right) of G', and the reduced (Pᵀ, Qᵀ) the next step uses
+            if self.cfg.two_sided:
+                kept = P_bar(), Q_bar()
+                return (*self._two_sided_factors(left[:r], right[r:], *kept), *kept)
+            # alternating: G' = P̄ Q̂ᵀ after a P-step, P̂ Q̄ᵀ after a Q-step; the reduced one is kept
+            reduced_left, reduced_right = b.cond(sends_p, lambda: (P_bar(), right),
+                                                 lambda: (left, Q_bar()))
+            return reduced_left, reduced_right, reduced_left, reduced_right
 
         def from_factors():
-            reduced_left, reduced_right = b.cond(sends_p, after_p_step, after_q_step)
+            reduced_left, reduced_right, kept_p, kept_q = reduced_factors()
 
-            def keep_factor():  # the factor that was sent, reduced, seeds the next step
+            def keep_factor():  # the factor(s) that were sent, reduced, seed the next step
                 if not self.cfg.warm_start:
                     return
-                if b.deferred:
-                    b.write_state(state.p if sends_p else state.q,
-                                  reduced_left if sends_p else reduced_right)
+                if self.cfg.two_sided:
+                    b.write_state(state.p, kept_p)
+                    b.write_state(state.q, kept_q)
+                elif b.deferred:
+                    b.write_state(state.p if sends_p else state.q, kept_p if sends_p else kept_q)
                 else:  # graph: both slots written, the one not sent with its own value
-                    b.write_state(state.p, b.cond(sends_p, lambda: reduced_left,
+                    b.write_state(state.p, b.cond(sends_p, lambda: kept_p,
                                                   lambda: b.read_state(state.p)))
                     b.write_state(state.q, b.cond(sends_p, lambda: b.read_state(state.q),
-                                                  lambda: reduced_right))
+                                                  lambda: kept_q))
 
             out = self._gradient_and_commit(state, new_error, step, (reduced_left, reduced_right),
                                             keep_factor)

@@ -61,6 +61,9 @@ class NumpyBackend(Backend):
     def stack_rows(self, rows):
         return np.stack(rows, axis=0)
 
+    def concat(self, tensors):
+        return np.concatenate(list(tensors), axis=0)
+
     # In place like PyTorch, so the reference exercises the same buffer reuse as the fast path.
     def outer(self, left_t, right_t, out=None):
         return np.matmul(np.transpose(left_t), right_t, out=out)

@@ -109,6 +109,9 @@ class TensorFlowBackend(Backend):
     def stack_rows(self, rows):
         return tf.stack(list(rows), axis=0)
 
+    def concat(self, tensors):
+        return tf.concat(list(tensors), axis=0)
+
     def pad(self, flat, length):
         return tf.pad(flat, [[0, length - int(flat.shape[0])]])
 

@@ -123,12 +123,12 @@ class PowerSGD(_TensorFlowAdapter, powersgd.PowerSGD, _Trackable):
     def __init__(self, rank: int = 1, *, power_iterations: int = 1, warm_start: bool = True,
                  error_feedback: bool = True, min_compression_rate: float = 2.0,
                  start_step: int = 0, seed: int = 0, orthogonalization_epsilon: float = 1e-8,
-                 wire_dtype: Optional[str] = None, alternate: bool = False):
+                 wire_dtype: Optional[str] = None, alternate: bool = False, two_sided: bool = False):
         super().__init__(rank, power_iterations=power_iterations, warm_start=warm_start,
                          error_feedback=error_feedback, min_compression_rate=min_compression_rate,
                          start_step=start_step, seed=seed,
                          orthogonalization_epsilon=orthogonalization_epsilon,
-                         wire_dtype=wire_dtype, alternate=alternate)
+                         wire_dtype=wire_dtype, alternate=alternate, two_sided=two_sided)
 
 
 class UnbiasedLowRank(_TensorFlowAdapter, unbiased_lowrank.UnbiasedLowRank, _Trackable):

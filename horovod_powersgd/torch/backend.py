@@ -72,6 +72,9 @@ class TorchBackend(Backend):
     def stack_rows(self, rows):
         return torch.stack(list(rows), dim=0)
 
+    def concat(self, tensors):
+        return torch.cat(list(tensors), dim=0)
+
     # Products: the forms below are the fast ones measured with MKL (README, "The codec at the
     # memory floor"): `P @ Q.t()` or `torch.mm(..., out=)` ran up to 2x slower than ``addmm_``, and
     # for r <= 2 r rank-1 updates (BLAS ger) 1.9x faster than MKL's k = 2 GEMM on AVX-512.

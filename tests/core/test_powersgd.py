@@ -103,16 +103,16 @@ def test_start_step_sends_exact_gradients_first():
     assert np.linalg.matrix_rank(outs[3]["w"]) == 1
 
 
-def test_initial_q_is_seeded_and_leaves_global_rng_alone():
+def test_initial_factor_is_seeded_and_leaves_global_rng_alone():
     backend = NumpyBackend(ThreadGroup(1).communicator(0))
     np.random.seed(123)
     before = np.random.random()
     np.random.seed(123)
-    a = PowerSGD(backend, rank=2, seed=5).initial_q(10, 2)
-    b = PowerSGD(backend, rank=2, seed=5).initial_q(10, 2)
+    a = PowerSGD(backend, rank=2, seed=5).initial_factor(10, 2)
+    b = PowerSGD(backend, rank=2, seed=5).initial_factor(10, 2)
     assert np.random.random() == before
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, PowerSGD(backend, rank=2, seed=6).initial_q(10, 2))
+    assert not np.array_equal(a, PowerSGD(backend, rank=2, seed=6).initial_factor(10, 2))
 
 
 def test_checkpoint_resume_is_bit_identical():

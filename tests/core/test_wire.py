@@ -9,6 +9,7 @@ from horovod_powersgd.core.wire import Round, Transfer
 # n×m matrices on which every formula is exact: compressed by the low-rank methods at rank ≤ 4,
 # d a multiple of 8 (packed signs) and ratio·d a whole number (ratio 0.01 and 0.25)
 SHAPES = [(400, 600), (800, 100), (200, 40, 5)]
+SINGLE_ROUND_VARIANTS = ("alternate=True", "two_sided=True")  # one half power iteration per step
 
 
 def every_variant():
@@ -31,7 +32,8 @@ def test_table_formula_is_what_transfers_send(spec, row):
     name, _, variant = spec.partition(":")
     knobs = build(spec).config()
     for extra in [""] + [o for o in ("rank=3", "ratio=0.25", "power_iterations=2")
-                         if o.partition("=")[0] in knobs and not ("alternate" in variant and "iter" in o)]:
+                         if o.partition("=")[0] in knobs
+                         and not (variant in SINGLE_ROUND_VARIANTS and "iter" in o)]:
         compressor = build(f"{name}:" + ",".join(filter(None, (variant, extra))))
         for shape in SHAPES:
             sent = compressor.wire_bytes(shape)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from horovod_powersgd.torch import PowerSGD, from_spec
+from tests.powersgd_schemes import SCHEMES, every_scheme
 
 
 def test_bad_arguments_raise_named_errors():
@@ -46,8 +47,8 @@ def test_compressors_are_registered_for_horovod_elastic_torch_state():
     assert handler is not None and type(handler).__name__ == "CompressorStateHandler"
 
 
-@pytest.mark.parametrize("alternate", [False, True])
-def test_outputs_handed_out_are_never_written_again(alternate):
+@every_scheme
+def test_outputs_handed_out_are_never_written_again(scheme):
     """PowerSGD writes a step's gradient into the error buffer the previous step retired (no fresh
     n×m allocation per step): what earlier steps handed out stays as it was, and the buffer reused
     is a gradient given to compress two steps before, not anything still handed out."""
@@ -55,7 +56,7 @@ def test_outputs_handed_out_are_never_written_again(alternate):
 
     hvd.init()
     weight = torch.nn.Parameter(torch.zeros(24, 20))
-    c = PowerSGD(rank=2, alternate=alternate).register_parameters([("w", weight)])
+    c = PowerSGD(rank=2, **SCHEMES[scheme]).register_parameters([("w", weight)])
     generator = torch.Generator().manual_seed(0)
     inputs, outputs, copies = [], [], []
     for step in range(8):

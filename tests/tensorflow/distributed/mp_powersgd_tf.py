@@ -7,6 +7,8 @@ from horovod_powersgd.core.powersgd import PowerSGD as CorePowerSGD
 from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradients
 from horovod_powersgd.tensorflow import PowerSGD
 
+from tests.powersgd_schemes import SCHEMES, every_scheme, factor_numbers, max_output_rank
+
 from tf_helpers import FixedGradients, exact_average, identical_across_ranks, local_gradients
 
 SHAPES = {"dense": (64, 32), "conv": (8, 4, 3, 3), "bias": (32,), "small": (3, 3)}
@@ -18,32 +20,31 @@ def run_steps(hvd, compression, steps, shapes=SHAPES, gradients=None):
             for s in range(steps)]
 
 
-ALTERNATE = pytest.mark.parametrize("alternate", [False, True], ids=["classic", "single_round"])
 
 
-@ALTERNATE
-def test_identical_across_ranks_low_rank_and_exact_1d(hvd, alternate):
-    outs = run_steps(hvd, PowerSGD(rank=2, alternate=alternate), 3)
+@every_scheme
+def test_identical_across_ranks_low_rank_and_exact_1d(hvd, scheme):
+    outs = run_steps(hvd, PowerSGD(rank=2, **SCHEMES[scheme]), 3)
     for out in outs:
         for name, g in out.items():
             assert np.isfinite(g).all()
             assert identical_across_ranks(hvd, g), name
-        assert np.linalg.matrix_rank(out["dense"]) <= 2
-        assert np.linalg.matrix_rank(out["conv"].reshape(8, -1)) <= 2
+        assert np.linalg.matrix_rank(out["dense"]) <= max_output_rank(scheme, 2)
+        assert np.linalg.matrix_rank(out["conv"].reshape(8, -1)) <= max_output_rank(scheme, 2)
     last = local_gradients(SHAPES, hvd.rank(), 2)
     for name in ("bias", "small"):
         np.testing.assert_array_equal(outs[-1][name], exact_average(hvd, last[name]))
 
 
-@ALTERNATE
-def test_matches_numpy_reference_and_so_pytorch(hvd, alternate):
+@every_scheme
+def test_matches_numpy_reference_and_so_pytorch(hvd, scheme):
     """The PyTorch adapter is tested against the same reference on the same inputs
     (tests/torch/distributed/mp_powersgd.py), so agreement here means TF == PyTorch."""
     steps, shapes = 5, {"dense": (64, 32), "conv": (8, 4, 3, 3)}
-    outs = run_steps(hvd, PowerSGD(rank=2, seed=3, alternate=alternate), steps, shapes)
+    outs = run_steps(hvd, PowerSGD(rank=2, seed=3, **SCHEMES[scheme]), steps, shapes)
 
     def reference(comm):
-        compressor = CorePowerSGD(NumpyBackend(comm), rank=2, seed=3, alternate=alternate)
+        compressor = CorePowerSGD(NumpyBackend(comm), rank=2, seed=3, **SCHEMES[scheme])
         return [reduce_gradients(compressor, local_gradients(shapes, comm.rank, s))
                 for s in range(steps)]
 
@@ -73,24 +74,24 @@ def test_same_result_as_pytorch_adapter_in_one_process(hvd):
         np.testing.assert_allclose(weight.grad.numpy(), tf_outs[step]["dense"], rtol=1e-4, atol=1e-5)
 
 
-@ALTERNATE
-def test_low_rank_gradients_become_exact_after_warm_start(hvd, alternate):
+@every_scheme
+def test_low_rank_gradients_become_exact_after_warm_start(hvd, scheme):
     shared = np.random.default_rng(7).standard_normal((64, 2)).astype(np.float32)
     v = np.random.default_rng([hvd.rank(), 99]).standard_normal((2, 32)).astype(np.float32)
-    outs = run_steps(hvd, PowerSGD(rank=2, error_feedback=False, alternate=alternate), 4,
+    outs = run_steps(hvd, PowerSGD(rank=2, error_feedback=False, **SCHEMES[scheme]), 4,
                      {"dense": (64, 32)},
                      lambda step: {"dense": shared @ v})
     exact = exact_average(hvd, shared @ v)
     assert np.linalg.norm(outs[-1]["dense"] - exact) / np.linalg.norm(exact) < 1e-5
 
 
-@ALTERNATE
+@every_scheme
 @pytest.mark.parametrize("error_feedback", [True, False])
-def test_error_feedback_keeps_running_sum_close(hvd, error_feedback, alternate):
+def test_error_feedback_keeps_running_sum_close(hvd, error_feedback, scheme):
     # half a power iteration per step: the single-round error settles later (~100 steps here)
-    steps = 160 if alternate else 60
+    steps = 60 if scheme == "classic" else 160
     fixed = local_gradients({"dense": (48, 40)}, hvd.rank(), 0)
-    outs = run_steps(hvd, PowerSGD(rank=1, error_feedback=error_feedback, alternate=alternate), steps,
+    outs = run_steps(hvd, PowerSGD(rank=1, error_feedback=error_feedback, **SCHEMES[scheme]), steps,
                      {"dense": (48, 40)}, lambda step: fixed)
     exact = exact_average(hvd, fixed["dense"])
     running = np.cumsum([o["dense"] for o in outs], axis=0)
@@ -101,15 +102,15 @@ def test_error_feedback_keeps_running_sum_close(hvd, error_feedback, alternate):
         assert gaps[steps - 1] > 2.5 * gaps[steps // 3]
 
 
-@ALTERNATE
-def test_start_step_sends_exact_gradients_first(hvd, alternate):
-    outs = run_steps(hvd, PowerSGD(rank=1, start_step=2, alternate=alternate), 4, {"dense": (32, 24)})
+@every_scheme
+def test_start_step_sends_exact_gradients_first(hvd, scheme):
+    outs = run_steps(hvd, PowerSGD(rank=1, start_step=2, **SCHEMES[scheme]), 4, {"dense": (32, 24)})
     for step, out in enumerate(outs):
         exact = exact_average(hvd, local_gradients({"dense": (32, 24)}, hvd.rank(), step)["dense"])
         if step < 2:
             np.testing.assert_allclose(out["dense"], exact, rtol=1e-6, atol=1e-6)
         else:
-            assert np.linalg.matrix_rank(out["dense"]) <= 1
+            assert np.linalg.matrix_rank(out["dense"]) <= max_output_rank(scheme, 1)
 
 
 def test_retracing_keeps_one_state_per_variable(hvd):
@@ -186,13 +187,14 @@ def test_indexed_slices_pass_through(hvd):
     np.testing.assert_allclose(dense, exact_average(hvd, local))
 
 
-# the single-round variant resumes before a Q-step (after 3 steps) and before a P-step (after 4)
-@pytest.mark.parametrize("alternate, boundary", [(False, 3), (True, 3), (True, 4)],
-                         ids=["classic", "single_round_q_next", "single_round_p_next"])
-def test_checkpoint_restore_continues_bit_identically(hvd, tmp_path_factory, alternate, boundary):
+# the alternating variant resumes before a Q-step (after 3 steps) and before a P-step (after 4)
+@pytest.mark.parametrize("scheme, boundary", [("classic", 3), ("alternate", 3), ("alternate", 4),
+                                              ("two_sided", 3)],
+                         ids=["classic", "alternate_q_next", "alternate_p_next", "two_sided"])
+def test_checkpoint_restore_continues_bit_identically(hvd, tmp_path_factory, scheme, boundary):
     shapes = {"dense": (32, 24), "bias": (24,)}
-    path = str(tmp_path_factory.getbasetemp() / f"rank{hvd.rank()}-{alternate}-{boundary}" / "ckpt")
-    compression = PowerSGD(rank=2, alternate=alternate)
+    path = str(tmp_path_factory.getbasetemp() / f"rank{hvd.rank()}-{scheme}-{boundary}" / "ckpt")
+    compression = PowerSGD(rank=2, **SCHEMES[scheme])
     run = FixedGradients(shapes).make_step(hvd, compression)
     for step in range(boundary):
         run(local_gradients(shapes, hvd.rank(), step))
@@ -200,7 +202,7 @@ def test_checkpoint_restore_continues_bit_identically(hvd, tmp_path_factory, alt
     after = range(boundary, boundary + 3)
     uninterrupted = [run(local_gradients(shapes, hvd.rank(), step)) for step in after]
 
-    restored = PowerSGD(rank=2, alternate=alternate)
+    restored = PowerSGD(rank=2, **SCHEMES[scheme])
     tf.train.Checkpoint(compression=restored).read(saved).assert_existing_objects_matched()
     run = FixedGradients(shapes).make_step(hvd, restored)  # state restored when first created
     resumed = [run(local_gradients(shapes, hvd.rank(), step)) for step in after]
@@ -209,14 +211,13 @@ def test_checkpoint_restore_continues_bit_identically(hvd, tmp_path_factory, alt
             np.testing.assert_array_equal(a[name], b[name])
 
 
-@ALTERNATE
-def test_stats_count_the_bytes(hvd, alternate):
-    compression = PowerSGD(rank=2, alternate=alternate)
+@every_scheme
+def test_stats_count_the_bytes(hvd, scheme):
+    compression = PowerSGD(rank=2, **SCHEMES[scheme])
     run_steps(hvd, compression, 2)
     s = compression.stats
     uncompressed = 4 * (64 * 32 + 8 * 36 + 32 + 9)
-    # single-round: P or Q, padded to r·max(n, m); classic: P and Q
-    low_rank = 2 * 64 + 2 * 36 if alternate else 2 * (64 + 32) + 2 * (8 + 36)
+    low_rank = factor_numbers(scheme, 2, 64, 32) + factor_numbers(scheme, 2, 8, 36)
     sent = 4 * (low_rank + 32 + 9)
     assert s.steps == 2 and s.last_step.uncompressed == uncompressed and s.last_step.sent == sent
     assert s.total.sent == 2 * sent

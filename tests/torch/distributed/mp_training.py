@@ -6,6 +6,7 @@ import torch
 
 from examples.datasets import fashion_mnist
 from horovod_powersgd.torch import PowerSGD
+from tests.powersgd_schemes import SCHEMES
 
 from helpers import assert_identical_across_ranks
 
@@ -46,20 +47,21 @@ def accuracy(model, x, y):
         return (model(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
 
 
-# 8 steps per epoch resume before a P-step of the single-round variant, 7 before a Q-step
-@pytest.mark.parametrize("alternate, limit", [(False, 1024), (True, 1024), (True, 896)],
-                         ids=["classic", "single_round_p_next", "single_round_q_next"])
-def test_checkpoint_resume_is_bit_identical(hvd, tmp_path_factory, alternate, limit):
+# 8 steps per epoch resume before a P-step of the alternating variant, 7 before a Q-step
+@pytest.mark.parametrize("scheme, limit", [("classic", 1024), ("alternate", 1024), ("alternate", 896),
+                                           ("two_sided", 896)],
+                         ids=["classic", "alternate_p_next", "alternate_q_next", "two_sided"])
+def test_checkpoint_resume_is_bit_identical(hvd, tmp_path_factory, scheme, limit):
     x, y = shard(hvd, *fashion_mnist("train", limit=limit))
-    path = str(tmp_path_factory.getbasetemp() / f"rank{hvd.rank()}-{alternate}-{limit}.pt")
-    compression = PowerSGD(rank=2, alternate=alternate)  # error buffers differ: one file per rank
+    path = str(tmp_path_factory.getbasetemp() / f"rank{hvd.rank()}-{scheme}-{limit}.pt")
+    compression = PowerSGD(rank=2, **SCHEMES[scheme])  # error buffers differ: one file per rank
     model, opt = train(hvd, compression, x, y, epochs=1)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                 "compression": compression.state_dict()}, path)
     uninterrupted, _ = train(hvd, compression, x, y, epochs=3, model=model, opt=opt, start_epoch=1)
 
     saved = torch.load(path)  # weights_only=True (the default) must accept the compressor state
-    resumed_compression = PowerSGD(rank=2, alternate=alternate)
+    resumed_compression = PowerSGD(rank=2, **SCHEMES[scheme])
     resumed_compression.load_state_dict(saved["compression"])
     model = make_model()
     model.load_state_dict(saved["model"])

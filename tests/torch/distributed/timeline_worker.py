@@ -21,6 +21,7 @@ SPECS = {
     "powersgd": "powersgd:rank=2",
     "powersgd_k2": "powersgd:rank=2,power_iterations=2",
     "powersgd_single": "powersgd:rank=2,alternate=True",
+    "powersgd_two_sided": "powersgd:rank=2,two_sided=True",
     "powersgd_no_ef": "powersgd:rank=2,error_feedback=False",
     "powersgd_fp16": "powersgd:rank=2,wire_dtype='float16'",
     "unbiased_lowrank": "unbiased_lowrank:rank=2",
