@@ -85,8 +85,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", default="fashion_mnist,ptb_lstm")
     parser.add_argument("--ranks", default="1,2,4")
     parser.add_argument("--specs", default="",
-                        help="';'-separated specs to time as well (default: PowerSGD only, both "
-                             "variants at each of --ranks)")
+                        help="';'-separated specs to time as well (default: PowerSGD only, its three "
+                             "schemes at each of --ranks)")
     args = parser.parse_args(argv)
     import horovod.torch as hvd
 
@@ -106,7 +106,8 @@ def main(argv=None) -> None:
         print(f"\n## {task_name}: compress + decompress per step, in copies\n")
         print("| spec | codec ms | one memcpy ms | copies |\n|---|---:|---:|---:|")
         specs = [spec for rank in ranks
-                 for spec in (f"powersgd:rank={rank}", f"powersgd:rank={rank},alternate=True")]
+                 for spec in (f"powersgd:rank={rank}", f"powersgd:rank={rank},alternate=True",
+                              f"powersgd:rank={rank},two_sided=True")]
         for spec in specs + [spec for spec in args.specs.split(";") if spec.strip()]:
             r = codec_in_copies(task_name, spec)
             print(f"| {r['spec']} | {r['codec_ms']:.2f} | {r['copy_ms']:.3f} | {r['copies']:.1f} |")

@@ -17,7 +17,7 @@ import torch
 
 from examples.datasets import fashion_mnist
 
-SPECS = ("none", "powersgd:rank=2", "powersgd:rank=2,alternate=True",
+SPECS = ("none", "powersgd:rank=2", "powersgd:rank=2,alternate=True", "powersgd:rank=2,two_sided=True",
          "powersgd:rank=2,alternate=True,error_feedback=False")
 
 

@@ -18,7 +18,8 @@ that (hooks, handles; γ and σ are 0 unless calibrated). Bytes per round come f
 own ``transfers`` (`traffic`): which collective, how many bytes and in which round, per gradient,
 fused into rounds as Horovod runs them (`horovod_powersgd.core.wire`). E.g. classic PowerSGD sends
 r·n numbers (with the uncompressed tensors) and r·m in two all-reduce rounds, ``alternate=True`` one
-round of r·max(n, m) (P or Q, padded to one shape); all-gather compressors all-gather their messages
+round of r·max(n, m) (P or Q, padded to one shape), ``two_sided=True`` one round of r(n+m);
+all-gather compressors all-gather their messages
 (SignNorm: signs and a scale, top-k: values and indices) next to a 4-byte placeholder all-reduce per
 tensor, i.e. two rounds.
 
@@ -234,9 +235,14 @@ def communicate_seconds(t: Traffic, workers: int, bps: float, fit: Fit) -> float
 
 
 def codec_key(spec: str) -> str:
-    """Per-element codec costs are kept per compressor, PowerSGD's single-round variant apart."""
+    """Per-element codec costs are kept per compressor, PowerSGD's single-round schemes apart."""
     name, _ = parse_spec(spec)
-    return "powersgd.alternate" if name == "powersgd" and compressor_for(spec).cfg.alternate else name
+    if name == "powersgd":
+        cfg = compressor_for(spec).cfg
+        for scheme in ("alternate", "two_sided"):
+            if getattr(cfg, scheme):
+                return f"powersgd.{scheme}"
+    return name
 
 
 def codec_units(spec: str) -> int:
@@ -253,8 +259,9 @@ def codec_per_element(spec: str, t: Traffic, codec_s: float) -> float:
     return codec_s / (t.compressed_elements * codec_units(spec))
 
 
-#: without a measurement, the single-round variant's codec costs this fraction of the two-round one
-ALTERNATE_CODEC_FRACTION = 0.6
+#: without a measurement, a single-round scheme's codec costs this fraction of the classic one's:
+#: alternating, one product per step instead of two; two-sided, both products and a rank-2r rebuild
+SINGLE_ROUND_CODEC_FRACTION = {"powersgd.alternate": 0.6, "powersgd.two_sided": 1.0}
 
 
 def codec_seconds(spec: str, t: Traffic, fit: Fit, scale: float = 1.0) -> float:
@@ -264,7 +271,7 @@ def codec_seconds(spec: str, t: Traffic, fit: Fit, scale: float = 1.0) -> float:
     if key in costs:
         per_element = costs[key]
     else:
-        per_element = costs.get(name, 0.0) * (ALTERNATE_CODEC_FRACTION if key != name else 1.0)
+        per_element = costs.get(name, 0.0) * SINGLE_ROUND_CODEC_FRACTION.get(key, 1.0)
     return per_element * codec_units(spec) * t.compressed_elements * scale
 
 
@@ -356,10 +363,12 @@ def fit(measurements: Iterable[dict], base: Optional[Fit] = None, max_workers: i
 
 
 # ---------------------------------------------------------------------------- CLI
-#: every registered compressor: PowerSGD at ranks 1/2/4 in both variants, and the baselines
+#: every registered compressor: PowerSGD at ranks 1/2/4 in its three schemes, and the baselines
 DEFAULT_SPECS = ("fp16", "bf16", "powersgd:rank=1", "powersgd:rank=2", "powersgd:rank=4",
                  "powersgd:rank=1,alternate=True", "powersgd:rank=2,alternate=True",
-                 "powersgd:rank=4,alternate=True", "unbiased_lowrank:rank=2", "signum", "signnorm",
+                 "powersgd:rank=4,alternate=True", "powersgd:rank=1,two_sided=True",
+                 "powersgd:rank=2,two_sided=True", "powersgd:rank=4,two_sided=True",
+                 "unbiased_lowrank:rank=2", "signum", "signnorm",
                  "topk:ratio=0.01", "randomk:ratio=0.01")
 # Compute-time assumptions for presets when --compute-ms is not given (forward+backward+update).
 PRESET_COMPUTE_MS = {"resnet18": (60.0, "assumed: ResNet-18, batch 64 per GPU, one V100-class GPU"),

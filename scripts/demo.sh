@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone: set up (a no-op when done), then train the Fashion-MNIST CNN on
-# 2 Horovod ranks three times — uncompressed, rank-2 PowerSGD (two all-reduces per step) and its
-# single-round variant (one) — and print what a user cares about.
+# 2 Horovod ranks four times — uncompressed, rank-2 PowerSGD (two all-reduces per step) and its two
+# single-round schemes (one each: alternating, two-sided) — and print what a user cares about.
 #
 # As root (where network namespaces are allowed) the two ranks talk over an emulated 1 Gbit/s link
 # per worker (benchmarks/cluster.py, docs/design.md), the regime where compression matters; otherwise
@@ -24,7 +24,7 @@ OUT="$(mktemp -d /tmp/horovod-powersgd-demo.XXXXXX)"
 export TF_CPP_MIN_LOG_LEVEL=3 OMP_NUM_THREADS=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # The README's advice for hosts whose cores are all busy with the model, as here (CPU training):
 # Horovod's background thread coordinates every cycle, and at its 1 ms default it slowed this CNN's
-# own forward and backward by 25-50 % on a 2-core machine. Applied to all three runs alike.
+# own forward and backward by 25-50 % on a 2-core machine. Applied to every run alike.
 export HOROVOD_CYCLE_TIME="${HOROVOD_CYCLE_TIME:-8}"
 
 NETWORK="${DEMO_NETWORK:-}"
@@ -41,7 +41,7 @@ else
   echo "==> [demo] 2 workers over loopback (not root or no namespaces: no slow link to emulate)"
 fi
 
-SPECS=(none "powersgd:rank=2" "powersgd:rank=2,alternate=True")
+SPECS=(none "powersgd:rank=2" "powersgd:rank=2,alternate=True" "powersgd:rank=2,two_sided=True")
 for SPEC in "${SPECS[@]}"; do
   echo "==> [demo] training with --compression $SPEC"
   ARGS=(-m examples.torch_fashion_mnist --compression "$SPEC" --epochs "$EPOCHS"
