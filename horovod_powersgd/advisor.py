@@ -415,6 +415,14 @@ def pays_below(row: dict) -> str:
     return format_rate(row["break_even_bps"])
 
 
+#: what this project measured about a compressor's accuracy, said with any advice to use it
+ACCURACY_CAVEATS = {
+    "powersgd.alternate": "accuracy is not modelled, and the alternating scheme trained markedly worse "
+                          "than classic under momentum 0.9 here (README, \"Single-round PowerSGD\"): "
+                          "check it on your task, or take two_sided=True, also one round",
+}
+
+
 def recommendation(rows: List[dict], bps: float, workers: int, margin: float = 0.05) -> str:
     """The advice in one sentence, with its reason."""
     none = rows[0]
@@ -430,7 +438,8 @@ def recommendation(rows: List[dict], bps: float, workers: int, margin: float = 0
             f"({best['step_ms']:.1f} vs {none['step_ms']:.1f} ms) {where}, because the uncompressed "
             f"all-reduce takes {none['communicate_ms']:.1f} ms ({comm_share:.0%}) of each step and it sends "
             f"{none['MB_per_step'] / max(best['MB_per_step'], 1e-12):.0f}× fewer bytes in {best['rounds']} "
-            f"round(s) for {best['codec_ms']:.1f} ms of codec (accuracy is not modelled: check it on your task).")
+            f"round(s) for {best['codec_ms']:.1f} ms of codec ("
+            f"{ACCURACY_CAVEATS.get(codec_key(best['spec']), 'accuracy is not modelled: check it on your task')}).")
 
 
 def format_table(rows: List[dict], compare: str) -> str:

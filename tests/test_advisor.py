@@ -116,6 +116,17 @@ def test_cli_prints_a_verdict(capsys):
     assert not math.isnan(rows["powersgd:rank=2"]["step_ms"])
 
 
+@pytest.mark.parametrize("spec, caveat", [
+    ("powersgd:rank=2,alternate=True", "trained markedly worse than classic under momentum"),
+    ("powersgd:rank=2,two_sided=True", "accuracy is not modelled: check it on your task")])
+def test_recommendation_carries_what_was_measured_about_accuracy(spec, caveat):
+    row = {"speedup": 1.0, "step_ms": 100.0, "communicate_ms": 60.0, "MB_per_step": 10.0, "rounds": 1,
+           "codec_ms": 0.0}
+    rows = [dict(row, spec="none"), dict(row, spec=spec, speedup=2.0, step_ms=50.0, MB_per_step=0.1)]
+    advice = advisor.recommendation(rows, 1e9, 2)
+    assert advice.startswith(f"Recommendation: {spec}") and caveat in advice
+
+
 def test_cli_needs_compute_time_for_raw_shapes():
     with pytest.raises(SystemExit):
         advisor.main(["--model", "100x100"])
