@@ -117,9 +117,10 @@ def markdown(raw: dict, analysis: dict, fit: advisor.Fit) -> str:
              f"Command: `{m['command']}` — {m['seconds'] / 60:.1f} min. Machine: {machine}, "
              f"no GPU, {m['platform']}; workers are processes in network namespaces linked by a bridge, each "
              f"NIC shaped with `tc tbf` (docs/design.md, \"Emulated cluster\"), one compute thread per "
-             f"worker. Cost model "
-             f"(`horovod_powersgd/advisor.py`): η = {fit.efficiency:.2f}, β = {fit.round_overhead_s * 1e3:.1f} ms "
-             f"per collective round, α = {fit.latency_s * 1e6:.0f} µs per hop (not fitted) — {fit.source}.", ""]
+             f"worker."
+             + (f" Cost model (`horovod_powersgd/advisor.py`): η = {fit.efficiency:.2f}, "
+                f"β = {fit.round_overhead_s * 1e3:.1f} ms per collective round, α = {fit.latency_s * 1e6:.0f} µs "
+                f"per hop (not fitted) — {fit.source}." if analysis["rows"] else ""), ""]
     rows = analysis["rows"]
     for run in raw["steps"]:
         task = run["task"]
@@ -145,14 +146,15 @@ def markdown(raw: dict, analysis: dict, fit: advisor.Fit) -> str:
         if missing:
             lines.append(f"\nNot measured (not accepted by `from_spec` at run time): {', '.join(missing)}.")
         lines.append("")
-    lines += ["compute = the same model's step without Horovod (slowest rank); codec = the compressor's own "
-              "compress + decompress time (end-of-step work included, waits for its own collectives not); "
-              "codec in copies = codec ÷ one memcpy of the gradients it compresses, timed in the same "
-              "worker; communicate = step − compute − codec (communication not hidden "
-              "behind backprop). MB/step: ours = what the compressor handed to collectives per rank; "
-              "timeline = Horovod's timeline (dtype × shape of every collective, per rank); link = bytes "
-              "this worker's NIC sent (tc counter, framing included, rank 0). model = the advisor's "
-              "prediction from the fitted cost model and the measured compute.", ""]
+    if rows:
+        lines += ["compute = the same model's step without Horovod (slowest rank); codec = the compressor's own "
+                  "compress + decompress time (end-of-step work included, waits for its own collectives not); "
+                  "codec in copies = codec ÷ one memcpy of the gradients it compresses, timed in the same "
+                  "worker; communicate = step − compute − codec (communication not hidden "
+                  "behind backprop). MB/step: ours = what the compressor handed to collectives per rank; "
+                  "timeline = Horovod's timeline (dtype × shape of every collective, per rank); link = bytes "
+                  "this worker's NIC sent (tc counter, framing included, rank 0). model = the advisor's "
+                  "prediction from the fitted cost model and the measured compute.", ""]
     if raw["scaling"]:
         specs = [r["spec"] for r in raw["scaling"][0]["results"] if "error" not in r]
         lines += [f"## Scaling at {raw['scaling'][0]['rate']} per worker (fashion_mnist CNN)", "",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
                 raw["tta"].append({"spec": spec, "rate": args.rate, "workers": args.workers, "records": records})
 
     raw["machine"] = {**machine.describe(), "cpus": os.cpu_count(), "smoke": args.smoke,
-                      "command": "sudo .venv/bin/python -m benchmarks.run " + " ".join(
+                      "command": "sudo .venv/bin/python -m benchmarks.run " + shlex.join(
                           argv if argv is not None else sys.argv[1:]),
                       "seconds": time.time() - started}
     log("report")
