@@ -47,9 +47,9 @@ It is linear in M for the same reason as above (P̂ and Q̂ are identical on eve
 all-reduce of the pair gives the average of every rank's own approximation. Each side's factor
 moves half a power iteration per step, P from Q̂ and Q from P̂: two interleaved warm-started
 chains, each tracking the dominant subspace as the alternating scheme's one chain does. It sends
-classic's r(n+m) numbers per step in classic's one-round latency. Measured on the Fashion-MNIST CNN
-(README, "Two-sided single-round"), it trains to classic's accuracy where the alternating scheme
-falls short.
+classic's r(n+m) numbers per step in one round. Measured on the Fashion-MNIST CNN under momentum
+(README, "Two-sided single-round PowerSGD"), it trained about a point short of classic where the
+alternating scheme fell ten short.
 
 Bytes: classic k·r(n+m) numbers per compressed matrix per step; single-round r·n and r·m on
 alternate steps, each zero-padded to r·max(n, m) so that Horovod sees one shape per tensor (its

@@ -118,7 +118,8 @@ class _TensorFlowAdapter:
 class PowerSGD(_TensorFlowAdapter, powersgd.PowerSGD, _Trackable):
     """PowerSGD for ``hvd.DistributedGradientTape`` and ``hvd.DistributedOptimizer``: rank-r
     factors with error feedback and warm start (in ``tf.Variable``s), two all-reduces per step, or
-    one with ``alternate=True``. Algorithm and knobs: `horovod_powersgd.core.powersgd.PowerSGD`."""
+    one with ``alternate=True`` or ``two_sided=True``. Algorithm and knobs:
+    `horovod_powersgd.core.powersgd.PowerSGD`."""
 
     def __init__(self, rank: int = 1, *, power_iterations: int = 1, warm_start: bool = True,
                  error_feedback: bool = True, min_compression_rate: float = 2.0,

@@ -37,7 +37,8 @@ class _TorchAdapter:
 class PowerSGD(_TorchAdapter, powersgd.PowerSGD):
     """PowerSGD for ``hvd.DistributedOptimizer(..., compression=PowerSGD(rank=2))``: rank-r
     factors with error feedback and warm start, two all-reduces per step, or one with
-    ``alternate=True``. Algorithm and knobs: `horovod_powersgd.core.powersgd.PowerSGD`."""
+    ``alternate=True`` or ``two_sided=True``. Algorithm and knobs:
+    `horovod_powersgd.core.powersgd.PowerSGD`."""
 
     def __init__(self, rank: int = 1, *, power_iterations: int = 1, warm_start: bool = True,
                  error_feedback: bool = True, min_compression_rate: float = 2.0,

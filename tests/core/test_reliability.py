@@ -8,6 +8,7 @@ from horovod_powersgd.core.registry import COMPRESSORS
 from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradients
 
 from tests.core.ranks import random_gradients
+from tests.powersgd_schemes import SCHEMES, every_scheme
 
 SHAPES = {"dense": (16, 10), "bias": (10,)}
 OPTIONS = {"powersgd": {"rank": 2}, "unbiased_lowrank": {"rank": 2}, "signum": {}, "signnorm": {},
@@ -132,10 +133,10 @@ def test_rescale_state_multiplies_the_buffers(name):
                 np.testing.assert_array_equal(after["tensors"][tensor]["slots"][field], expected)
 
 
-@pytest.mark.parametrize("alternate", [False, True])
-def test_rescale_state_multiplies_powersgd_error_buffers_not_its_factors(alternate):
+@every_scheme
+def test_rescale_state_multiplies_powersgd_error_buffers_not_its_factors(scheme):
     def rank_main(comm):
-        compressor = COMPRESSORS["powersgd"](NumpyBackend(comm), rank=2, alternate=alternate)
+        compressor = COMPRESSORS["powersgd"](NumpyBackend(comm), rank=2, **SCHEMES[scheme])
         for step in range(3):
             reduce_gradients(compressor, random_gradients(SHAPES, comm.rank, step))
         before = compressor.state_dict()
