@@ -148,6 +148,10 @@ class Backend(abc.ABC):
         """``target − value``, in place into ``target`` where the framework can."""
         return target - value
 
+    def lerp_(self, target, end, weight: float):
+        """``target + weight·(end − target)``, in place into ``target`` where the framework can."""
+        return target + weight * (end - target)
+
     def sub_outer_(self, target, left_t, right_t):
         """``target − left_tᵀ @ right_t``, in place into ``target`` where the framework can."""
         return target - self.outer(left_t, right_t)
@@ -249,6 +253,11 @@ class Backend(abc.ABC):
         """A 1-D tensor of ``size`` zeros (``values``' dtype and device) with each ``values[i]``
         added at ``indices[i]``; repeated indices add up."""
         raise NotImplementedError(f"{type(self).__name__} has no scatter_add")
+
+    def zero_at_(self, tensor, indices):
+        """A 1-D ``tensor`` with the entries at (distinct) ``indices`` set to zero, in place where
+        the framework can. Default: ``tensor − scatter_add(indices, tensor[indices])``."""
+        return tensor - self.scatter_add(indices, self.gather(tensor, indices), self.shape(tensor)[0])
 
     def bitcast(self, tensor, dtype_name: str):
         """The same bits viewed as another dtype of the same width (bfloat16 <-> int16)."""

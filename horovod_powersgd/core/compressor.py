@@ -17,8 +17,9 @@ Reliability rules every compressor follows (README, "Where it refuses"):
   gradient on, so that a loss scaler skips the step. The decision is made on reduced values only, so
   every rank makes it identically: compressors must make what Horovod reduces non-finite whenever any
   rank's input is (`poison`). State updates are therefore *staged* (`_stage_write`) and committed at
-  the end of the step (`_commit_step`) as ``where(step finite, new, old)``: no host round trip, and
-  graph backends get the same rule as ops.
+  the end of the step (`_commit_step`): graph backends as ``where(step finite, new, old)``, ops
+  without a host round trip; eager backends after one host decision per step, by adopting the new
+  values (no pass over any buffer) or keeping the old.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class Compressor:
         self._agreed = False  # ranks proved to agree on class and config (re-armed by a restore)
         self._restored_names: set | None = None  # tensor names of the last load_state_dict, unclaimed
         self._staged: list = []  # (slot, new value) written at the end of the step if it was finite
+        self._guarded: list = []  # eager: outputs to poison in place at the step's end if it was not
         self._step_finite: list = []  # one boolean scalar per reduced tensor of the current step
 
     @property
@@ -160,9 +162,19 @@ class Compressor:
 
     def _guard_output(self, out, finite):
         """The output handed to Horovod, given whether the reduced input was finite. Compressors
-        whose decoding can hide an overflow (a majority vote, a scatter) return `poisoned`; those
-        that fill their outputs later (deferred PowerSGD) guard them when filling."""
+        whose decoding can hide an overflow (a majority vote, a scatter) return `_poisoned_output`;
+        those that fill their outputs later (deferred PowerSGD) guard them when filling."""
         return out
+
+    def _poisoned_output(self, out, finite):
+        """``out``, all NaN unless ``finite``. Graph backends decide per tensor with `poisoned`
+        (one ``where`` pass); eager backends hand ``out`` on as it is and fill it with NaN in place
+        at the step's end, once the step's one host decision says it was not finite: a finite step
+        — nearly every step — pays nothing."""
+        if self.backend.deferred:
+            self._guarded.append(out)
+            return out
+        return poisoned(self.backend, out, finite)
 
     # ------------------------------------------------------------------ non-finite steps
     def _stage_write(self, slot, value) -> None:
@@ -171,16 +183,29 @@ class Compressor:
         self._staged.append((slot, value))
 
     def _commit_step(self) -> None:
-        """Apply the staged writes as ``where(all finite, new, old)`` and count a non-finite step."""
+        """Apply the staged writes if the step was finite and count a non-finite step.
+
+        Graph backends write ``where(all finite, new, old)``, ops in the graph. Eager backends
+        decide once per step on the host (on a GPU, one synchronization per step) and then either
+        adopt the new values as they are — no pass over any buffer — or leave the slots alone and
+        poison the step's guarded outputs in place."""
         b = self.backend
         flags, self._step_finite = self._step_finite, []
         staged, self._staged = self._staged, []
+        guarded, self._guarded = self._guarded, []
         if not flags:
             return
         finite = b.all_true(flags)
-        for slot, value in staged:
-            old = b.to_device_of(b.read_state(slot), value)
-            b.write_state(slot, b.where(finite, value, old))
+        if b.deferred:
+            finite = bool(finite)
+            for slot, value in staged if finite else ():
+                b.write_state(slot, value)
+            for out in () if finite else guarded:
+                b.fill(out, out * float("nan"))
+        else:
+            for slot, value in staged:
+                old = b.to_device_of(b.read_state(slot), value)
+                b.write_state(slot, b.where(finite, value, old))
         self._count_nonfinite(finite)
 
     def _count_nonfinite(self, finite) -> None:
@@ -283,6 +308,7 @@ class Compressor:
         """Forget a step cut short (a restore after a failed collective, an elastic reset)."""
         self._in_flight.clear()
         self._staged.clear()
+        self._guarded.clear()
         self._step_finite.clear()
 
     def synchronized_state(self, root: dict) -> dict:
@@ -315,7 +341,7 @@ def poison(backend: Backend, local):
     """0 where every element of ``local`` is finite, NaN otherwise (a scalar, without a host round
     trip). Added to what Horovod reduces, it makes the reduced result non-finite on every rank as
     soon as one rank's input is — the evidence every rank's non-finite decision is made on."""
-    return backend.sum(local * 0)
+    return backend.where(backend.finite_flag(local), 0.0, float("nan"))  # one pass, no temporary
 
 
 def export_value(backend: Backend, slot):

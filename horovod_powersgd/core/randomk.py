@@ -62,12 +62,13 @@ class RandomK(StatefulCompressor):
         step = self._next_step(slots)
         indices = b.seeded_indices(d, kept(self.ratio, d), self.indices_key(ctx.identity.name), step,
                                    like=p)
-        if self.error_feedback:
-            p = p + self._read(slots, "error", p)
+        if self.error_feedback:  # in the gradient's own memory where the framework allows (TopK)
+            p = b.add_(p, self._read(slots, "error", p))
+        nonfinite = b.cast(poison(b, p), b.dtype_name(p))  # before the zeroing below
         values = b.gather(p, indices)
         if self.error_feedback:
-            self._stage_write(slots["error"], p - b.scatter_add(indices, values, d))
-        values = values + b.cast(poison(b, p), b.dtype_name(values))  # any non-finite p: NaN values
+            self._stage_write(slots["error"], b.zero_at_(p, indices))
+        values = values + nonfinite  # any non-finite p: NaN values
         ctx.payload = indices
         return values, ctx
 

@@ -43,7 +43,9 @@ class Signum(StatefulCompressor):
         b = self.backend
         g = flat(b, tensor, compute_dtype(ctx.dtype))
         slots = self._slots(ctx, like=g)
-        v = self.momentum * self._read(slots, "momentum", g) + (1 - self.momentum) * g
+        # v = β·v_old + (1−β)·g written as g + β·(v_old − g): one pass, in the gradient's own
+        # memory where the framework allows (Horovod hands the parameter our output instead)
+        v = b.lerp_(g, self._read(slots, "momentum", g), self.momentum)
         self._stage_write(slots["momentum"], v)
         ctx.payload = start_allgather(self, b.pack_signs(v), "signum", ctx.identity)
         return placeholder(b, like=g), ctx

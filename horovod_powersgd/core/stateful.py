@@ -12,7 +12,7 @@ import numpy as np
 from typing import Dict, Tuple
 
 from .backend import compute_dtype
-from .compressor import Compressor, Ctx, export_value, poisoned
+from .compressor import Compressor, Ctx, export_value
 from .shapes import numel
 
 
@@ -60,7 +60,7 @@ class StatefulCompressor(Compressor):
         return step
 
     def _guard_output(self, out, finite):
-        return poisoned(self.backend, out, finite)  # votes and scatters can hide an overflow
+        return self._poisoned_output(out, finite)  # votes and scatters can hide an overflow
 
     def _scaled_slots(self):
         for state in self._tensors.values():

@@ -46,18 +46,23 @@ class TopK(StatefulCompressor):
                              f"address at most {MAX_ELEMENTS}")
         g = flat(b, tensor, compute_dtype(ctx.dtype))
         slots = self._slots(ctx, like=g)
-        p = g + self._read(slots, "error", g)
+        # p in the gradient's own memory where the framework allows (Horovod hands the parameter
+        # our output instead), and p with the sent entries zeroed becomes the next error: no
+        # buffer of the gradient's size is allocated or copied
+        p = b.add_(g, self._read(slots, "error", g))
+        guard = placeholder(b, like=p)  # before the zeroing below, which may remove an inf
         indices = b.topk_indices(p, kept(self.ratio, d))
         values = b.gather(p, indices)
-        self._stage_write(slots["error"], p - b.scatter_add(indices, values, d))
+        self._stage_write(slots["error"], b.zero_at_(p, indices))
         ctx.payload = (start_allgather(self, values, "topk.values", ctx.identity),
                        start_allgather(self, b.cast(indices, "int32"), "topk.indices", ctx.identity))
-        return placeholder(b, like=g), ctx
+        return guard, ctx
 
     def _decompress(self, _placeholder, ctx: Ctx):
         b = self.backend
         values_handle, indices_handle = ctx.payload
         ctx.payload = None
         values, indices = self._wait(values_handle), self._wait(indices_handle)
-        total = b.scatter_add(indices, values, numel(ctx.shape))
-        return restore(b, total * mean_weight(ctx.identity), ctx)
+        # scaled before the scatter: k multiplications instead of d
+        return restore(b, b.scatter_add(indices, values * mean_weight(ctx.identity), numel(ctx.shape)),
+                       ctx)

@@ -74,6 +74,12 @@ class NumpyBackend(Backend):
     def add_(self, target, value):
         return np.add(target, value, out=target) if _writable(target, value) else target + value
 
+    def lerp_(self, target, end, weight):
+        if not _writable(target, end):
+            return target + weight * (end - target)
+        target += weight * (end - target)
+        return target
+
     def sub_(self, target, value):
         return np.subtract(target, value, out=target) if _writable(target, value) else target - value
 
@@ -101,6 +107,11 @@ class NumpyBackend(Backend):
 
     def gather(self, tensor, indices):
         return np.asarray(tensor)[np.asarray(indices)]
+
+    def zero_at_(self, tensor, indices):
+        out = tensor if isinstance(tensor, np.ndarray) and tensor.flags.writeable else np.array(tensor)
+        out[np.asarray(indices, dtype=np.int64)] = 0
+        return out
 
     def scatter_add(self, indices, values, size):
         out = np.zeros(size, dtype=np.asarray(values).dtype)

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from ..core.backend import Backend
+from ..core.selection import largest_indices
 from ..glue import horovod_op
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
@@ -109,6 +110,9 @@ class TorchBackend(Backend):
     def sub_(self, target, value):
         return target.sub_(value) if _writable(target, value) else target - value
 
+    def lerp_(self, target, end, weight):
+        return target.lerp_(end, weight) if _writable(target, end) else target + weight * (end - target)
+
     def sub_outer_(self, target, left_t, right_t):
         return target.addmm_(left_t.t(), right_t, alpha=-1)
 
@@ -118,17 +122,34 @@ class TorchBackend(Backend):
     def sign(self, tensor):
         return tensor.sign()
 
+    # On the CPU NumPy's packbits / unpackbits, which work a byte at a time, replace the shift-and-sum
+    # below: 17x faster packing and 30x faster unpacking measured here (README, "The codec at the
+    # memory floor"); both share the tensor's memory, no copy
     def pack_signs(self, tensor):
+        if tensor.device.type == "cpu":
+            return torch.from_numpy(np.packbits(tensor.detach().reshape(-1).numpy() >= 0))
         bits = (tensor.reshape(-1) >= 0).to(torch.uint8)
         bits = torch.nn.functional.pad(bits, (0, -bits.numel() % 8)).reshape(-1, 8)
         return (bits << _BIT_SHIFTS.to(bits.device)).sum(1, dtype=torch.uint8)
 
     def unpack_signs(self, packed, count):
-        bits = (packed.unsqueeze(-1) >> _BIT_SHIFTS.to(packed.device)) & 1
-        return bits.reshape(packed.shape[0], -1)[:, :count].to(torch.float32) * 2 - 1
+        if packed.device.type == "cpu":
+            bits = torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=count))
+        else:
+            bits = ((packed.unsqueeze(-1) >> _BIT_SHIFTS.to(packed.device)) & 1).reshape(
+                packed.shape[0], -1)[:, :count]
+        return bits.to(torch.float32).mul_(2).sub_(1)
 
     def topk_indices(self, tensor, k):
-        return torch.topk(tensor.abs(), k, sorted=False).indices
+        magnitude = tensor.detach().abs()
+        if magnitude.device.type == "cpu":  # sampled threshold + NumPy: 16x torch.topk here
+            return torch.from_numpy(largest_indices(magnitude.numpy(), k))
+        return torch.topk(magnitude, k, sorted=False).indices
+
+    def zero_at_(self, tensor, indices):
+        if tensor.requires_grad or not tensor.is_contiguous():
+            tensor = tensor.clone()
+        return tensor.index_fill_(0, indices.long(), 0)
 
     def gather(self, tensor, indices):
         return tensor[indices.long()]

@@ -78,3 +78,46 @@ def test_outer_and_in_place_updates(rank):
     torch.testing.assert_close(target, start - expected)
     assert BACKEND.sub_(target, start) is target
     torch.testing.assert_close(target, -expected)
+
+
+# ---------------------------------------------------------------- the baselines' host fast paths
+def numpy_backend():
+    from horovod_powersgd.reference.communicators import ThreadGroup
+    from horovod_powersgd.reference.numpy_backend import NumpyBackend
+
+    return NumpyBackend(ThreadGroup(1).communicator(0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float32, st.integers(1, 300), elements=st.floats(-1e6, 1e6, width=32)),
+       st.integers(1, 3))
+def test_signs_pack_and_unpack_as_the_numpy_reference_does(values, rows):
+    reference = numpy_backend()
+    packed = BACKEND.pack_signs(torch.from_numpy(values))
+    np.testing.assert_array_equal(packed.numpy(), reference.pack_signs(values))
+    stacked = torch.stack([packed] * rows)
+    unpacked = BACKEND.unpack_signs(stacked, len(values))
+    assert unpacked.dtype == torch.float32
+    np.testing.assert_array_equal(unpacked.numpy(), reference.unpack_signs(stacked.numpy(), len(values)))
+
+
+def test_topk_indices_select_the_largest_magnitudes():
+    x = torch.randn(200_000)
+    chosen = BACKEND.topk_indices(x, 2000)
+    assert chosen.dtype == torch.int64
+    np.testing.assert_array_equal(np.sort(x.abs()[chosen].numpy()),
+                                  np.sort(torch.topk(x.abs(), 2000).values.numpy()))
+
+
+def test_zero_at_and_lerp_write_in_place_unless_they_must_not():
+    x = torch.arange(1.0, 7.0)
+    assert BACKEND.zero_at_(x, torch.tensor([1, 4])) is x
+    np.testing.assert_array_equal(x.numpy(), [1, 0, 3, 4, 0, 6])
+    leaf = torch.ones(3, requires_grad=True)
+    zeroed = BACKEND.zero_at_(leaf, torch.tensor([0]))
+    assert zeroed is not leaf and leaf.detach().tolist() == [1, 1, 1] and zeroed.tolist() == [0, 1, 1]
+    g, old = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 4.0])
+    assert BACKEND.lerp_(g, old, 0.25) is g  # g + 0.25·(old − g)
+    np.testing.assert_allclose(g.numpy(), [1.5, -0.5])
+    half = torch.tensor([1.0, -2.0], dtype=torch.float16)
+    np.testing.assert_allclose(BACKEND.lerp_(half, old, 0.25).numpy(), [1.5, -0.5])
