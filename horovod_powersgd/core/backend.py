@@ -241,6 +241,17 @@ class Backend(abc.ABC):
         """Inverse of `pack_signs` row by row: uint8 (rows, bytes) -> float32 (rows, count) of ±1."""
         raise NotImplementedError(f"{type(self).__name__} has no unpack_signs")
 
+    def signed_sum(self, packed, count: int, weights):
+        """Σ_i weights[i]·s_i for the rows s_i ∈ {−1, +1}^count of `unpack_signs` (``packed``:
+        uint8 (rows, bytes); ``weights``: a 1-D float tensor, one per row): a 1-D tensor of
+        ``weights``' dtype. Default: the (1, rows) @ (rows, count) product."""
+        signs = self.cast(self.unpack_signs(packed, count), self.dtype_name(weights))
+        return self.reshape(self.reshape(weights, (1, -1)) @ signs, (-1,))
+
+    def sign_(self, tensor):
+        """`sign`, in place into ``tensor`` where the framework can."""
+        return self.sign(tensor)
+
     def topk_indices(self, tensor, k: int):
         """Indices (int64, any order) of the ``k`` largest-magnitude elements of a 1-D tensor."""
         raise NotImplementedError(f"{type(self).__name__} has no topk_indices")

@@ -39,21 +39,23 @@ class SignNorm(StatefulCompressor):
         dtype = compute_dtype(ctx.dtype)
         g = flat(b, tensor, dtype)
         slots = self._slots(ctx, like=g)
-        p = g + self._read(slots, "error", g)
-        scale = b.sum(b.abs(p)) / d
+        # p and then the next error in the gradient's own memory where the framework allows
+        p = b.add_(g, self._read(slots, "error", g))
+        guard = placeholder(b, like=p)
+        scale = b.reshape(b.sum(b.abs(p)) / d, (1,))
         packed = b.pack_signs(p)
-        signs = b.cast(b.reshape(b.unpack_signs(b.reshape(packed, (1, -1)), d), (d,)), dtype)
-        self._stage_write(slots["error"], p - scale * signs)
+        sent = b.signed_sum(b.reshape(packed, (1, -1)), d, b.cast(scale, dtype))  # Δ from the bits
+        self._stage_write(slots["error"], b.sub_(p, sent))
         ctx.payload = (start_allgather(self, packed, "signnorm.signs", ctx.identity),
-                       start_allgather(self, b.reshape(scale, (1,)), "signnorm.scale", ctx.identity))
-        return placeholder(b, like=g), ctx
+                       start_allgather(self, scale, "signnorm.scale", ctx.identity))
+        return guard, ctx
 
     def _decompress(self, _placeholder, ctx: Ctx):
         b = self.backend
         signs_handle, scale_handle = ctx.payload
         ctx.payload = None
         dtype = compute_dtype(ctx.dtype)
-        signs = b.unpack_signs(per_rank(b, self._wait(signs_handle), ctx.identity), numel(ctx.shape))
-        scales = b.reshape(self._wait(scale_handle), (1, -1))  # rank i's scale in column i
-        total = b.reshape(scales @ b.cast(signs, dtype), (-1,))
-        return restore(b, total * mean_weight(ctx.identity), ctx)
+        # rank i's scale weighs rank i's signs; Horovod's op applied to the N scales, not to d sums
+        scales = b.cast(self._wait(scale_handle), dtype) * mean_weight(ctx.identity)
+        return restore(b, b.signed_sum(per_rank(b, self._wait(signs_handle), ctx.identity),
+                                       numel(ctx.shape), scales), ctx)

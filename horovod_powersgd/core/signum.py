@@ -2,10 +2,12 @@
 Efficient and Fault Tolerant", ICLR 2019) — a baseline in Vogels et al. 2019, Table 3."""
 from __future__ import annotations
 
+import numpy as np
+
 from . import arguments
 from .backend import Backend, compute_dtype
 from .compressor import Ctx
-from .gather import combine, gathered, per_rank, placeholder, start_allgather
+from .gather import gathered, per_rank, placeholder, start_allgather
 from .shapes import numel
 from .stateful import StatefulCompressor, flat, restore
 from .wire import Wire
@@ -52,8 +54,9 @@ class Signum(StatefulCompressor):
 
     def _decompress(self, _placeholder, ctx: Ctx):
         b = self.backend
-        signs = b.unpack_signs(per_rank(b, self._wait(ctx.payload), ctx.identity), numel(ctx.shape))
-        votes = combine(b, signs, [1.0] * ctx.identity.group_size, like=signs)
+        rows = per_rank(b, self._wait(ctx.payload), ctx.identity)
         ctx.payload = None
-        return restore(b, b.sign(votes), ctx)
+        ones = b.from_numpy(np.ones(ctx.identity.group_size, np.float32), like=rows)
+        votes = b.signed_sum(rows, numel(ctx.shape), ones)  # Σ_i s_i: a vote, not an average
+        return restore(b, b.sign_(votes), ctx)
 

@@ -140,6 +140,21 @@ class TorchBackend(Backend):
                 packed.shape[0], -1)[:, :count]
         return bits.to(torch.float32).mul_(2).sub_(1)
 
+    def signed_sum(self, packed, count, weights):
+        if packed.device.type != "cpu":
+            return super().signed_sum(packed, count, weights)
+        # Σ_i w_i·(2·bit_i − 1) = Σ_i 2·w_i·bit_i − Σ_i w_i, accumulated from the uint8 bit rows
+        # into one float buffer: no (rows × count) float matrix, whose pages cost more than the sum
+        bits = torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=count))
+        w = weights.detach().cpu().double().tolist()
+        out = bits[0].to(weights.dtype).mul_(2 * w[0])
+        for row, weight in zip(bits[1:], w[1:]):
+            out.add_(row, alpha=2 * weight)
+        return out.sub_(sum(w))
+
+    def sign_(self, tensor):
+        return tensor.sign_() if not tensor.requires_grad else tensor.sign()
+
     def topk_indices(self, tensor, k):
         magnitude = tensor.detach().abs()
         if magnitude.device.type == "cpu":  # sampled threshold + NumPy: 16x torch.topk here

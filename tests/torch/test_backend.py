@@ -121,3 +121,20 @@ def test_zero_at_and_lerp_write_in_place_unless_they_must_not():
     np.testing.assert_allclose(g.numpy(), [1.5, -0.5])
     half = torch.tensor([1.0, -2.0], dtype=torch.float16)
     np.testing.assert_allclose(BACKEND.lerp_(half, old, 0.25).numpy(), [1.5, -0.5])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 200), st.integers(0, 2 ** 31))
+def test_signed_sum_of_bit_rows_is_the_weighted_sum_of_signs(rows, count, seed):
+    rng = np.random.default_rng(seed)
+    packed = np.packbits(rng.random((rows, count)) < 0.5, axis=1)
+    weights = rng.standard_normal(rows).astype(np.float32)
+    got = BACKEND.signed_sum(torch.from_numpy(packed), count, torch.from_numpy(weights))
+    assert got.dtype == torch.float32 and got.shape == (count,)
+    expected = numpy_backend().signed_sum(packed, count, weights)  # the core's default
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_sign_in_place():
+    x = torch.tensor([-2.0, 0.0, 3.0])
+    assert BACKEND.sign_(x) is x and x.tolist() == [-1.0, 0.0, 1.0]
