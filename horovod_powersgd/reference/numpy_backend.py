@@ -76,7 +76,7 @@ class NumpyBackend(Backend):
 
     def lerp_(self, target, end, weight):
         if not _writable(target, end):
-            return target + weight * (end - target)
+            return super().lerp_(target, end, weight)
         target += weight * (end - target)
         return target
 

@@ -111,7 +111,7 @@ class TorchBackend(Backend):
         return target.sub_(value) if _writable(target, value) else target - value
 
     def lerp_(self, target, end, weight):
-        return target.lerp_(end, weight) if _writable(target, end) else target + weight * (end - target)
+        return target.lerp_(end, weight) if _writable(target, end) else super().lerp_(target, end, weight)
 
     def sub_outer_(self, target, left_t, right_t):
         return target.addmm_(left_t.t(), right_t, alpha=-1)
@@ -133,19 +133,14 @@ class TorchBackend(Backend):
         return (bits << _BIT_SHIFTS.to(bits.device)).sum(1, dtype=torch.uint8)
 
     def unpack_signs(self, packed, count):
-        if packed.device.type == "cpu":
-            bits = torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=count))
-        else:
-            bits = ((packed.unsqueeze(-1) >> _BIT_SHIFTS.to(packed.device)) & 1).reshape(
-                packed.shape[0], -1)[:, :count]
-        return bits.to(torch.float32).mul_(2).sub_(1)
+        return _bit_rows(packed, count).to(torch.float32).mul_(2).sub_(1)
 
     def signed_sum(self, packed, count, weights):
         if packed.device.type != "cpu":
             return super().signed_sum(packed, count, weights)
         # Σ_i w_i·(2·bit_i − 1) = Σ_i 2·w_i·bit_i − Σ_i w_i, accumulated from the uint8 bit rows
         # into one float buffer: no (rows × count) float matrix, whose pages cost more than the sum
-        bits = torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=count))
+        bits = _bit_rows(packed, count)
         w = weights.detach().cpu().double().tolist()
         out = bits[0].to(weights.dtype).mul_(2 * w[0])
         for row, weight in zip(bits[1:], w[1:]):
@@ -219,6 +214,14 @@ class TorchBackend(Backend):
         import horovod.torch as hvd
 
         return hvd.synchronize(handle)
+
+
+def _bit_rows(packed, count):
+    """uint8 (rows, bytes) of packed signs -> uint8 (rows, count) of their bits, MSB first."""
+    if packed.device.type == "cpu":
+        return torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=count))
+    bits = (packed.unsqueeze(-1) >> _BIT_SHIFTS.to(packed.device)) & 1
+    return bits.reshape(packed.shape[0], -1)[:, :count]
 
 
 def _writable(target, value) -> bool:
