@@ -182,19 +182,22 @@ class Compressor:
         all finite (else the slot keeps its value)."""
         self._staged.append((slot, value))
 
-    def _commit_step(self) -> None:
-        """Apply the staged writes if the step was finite and count a non-finite step.
+    def _commit_step(self):
+        """Apply the staged writes if the step was finite and count a non-finite step; returns
+        whether it was (None for a step that reduced nothing), so subclasses with state of their
+        own reuse the one decision.
 
-        Graph backends write ``where(all finite, new, old)``, ops in the graph. Eager backends
-        decide once per step on the host (on a GPU, one synchronization per step) and then either
-        adopt the new values as they are — no pass over any buffer — or leave the slots alone and
-        poison the step's guarded outputs in place."""
+        Graph backends write ``where(all finite, new, old)``, ops in the graph (the result is a
+        boolean tensor). Eager backends decide once per step on the host (on a GPU, one
+        synchronization per step; the result is a bool) and then either adopt the new values as
+        they are — no pass over any buffer — or leave the slots alone and poison the step's
+        guarded outputs in place."""
         b = self.backend
         flags, self._step_finite = self._step_finite, []
         staged, self._staged = self._staged, []
         guarded, self._guarded = self._guarded, []
         if not flags:
-            return
+            return None
         finite = b.all_true(flags)
         if b.deferred:
             finite = bool(finite)
@@ -207,6 +210,7 @@ class Compressor:
                 old = b.to_device_of(b.read_state(slot), value)
                 b.write_state(slot, b.where(finite, value, old))
         self._count_nonfinite(finite)
+        return finite
 
     def _count_nonfinite(self, finite) -> None:
         """Count a step whose reduced result was not finite (graph backends override: a variable)."""

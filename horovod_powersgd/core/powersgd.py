@@ -517,12 +517,13 @@ class PowerSGD(Compressor):
         if self.backend.deferred and retired is not None:
             state.spare = retired
 
-    def _commit_step(self) -> None:
-        commits, self._commits = self._commits, []
-        if commits and bool(self.backend.all_true(self._step_finite)):
+    def _commit_step(self):
+        commits, self._commits = self._commits, []  # eager backends only: graphs commit per tensor
+        finite = super()._commit_step()
+        if commits and finite:
             for commit in commits:
                 commit()
-        super()._commit_step()
+        return finite
 
     # ------------------------------------------------------------------ classic: P̂ and Q
     def _compute_q(self, P_reduced, ctx: Ctx, state: _TensorState, M, step):
