@@ -118,18 +118,15 @@ class PowerSGDConfig(NamedTuple):
         if self.wire_dtype not in (None, "float16", "bfloat16", "float32"):
             raise ValueError(f"PowerSGD: wire_dtype must be None, 'float16', 'bfloat16' or 'float32', "
                              f"got {self.wire_dtype!r}")
-        if self.alternate and self.power_iterations != 1:
-            raise ValueError(f"PowerSGD: alternate=True does one half of a power iteration per step "
-                             f"(one all-reduce); power_iterations must be 1 with it, got "
-                             f"{self.power_iterations}. Use alternate=False for k iterations "
-                             f"(2k all-reduce rounds per step)")
         if self.two_sided and self.alternate:
             raise ValueError("PowerSGD: alternate=True and two_sided=True are two different "
                              "single-round schemes; choose one")
-        if self.two_sided and self.power_iterations != 1:
-            raise ValueError(f"PowerSGD: two_sided=True does one half of a power iteration on each "
-                             f"side per step (one all-reduce); power_iterations must be 1 with it, "
-                             f"got {self.power_iterations}. Use alternate=False for k iterations "
+        if self.single_round and self.power_iterations != 1:
+            scheme, per_step = (("alternate", "per step") if self.alternate
+                                else ("two_sided", "on each side per step"))
+            raise ValueError(f"PowerSGD: {scheme}=True does one half of a power iteration {per_step} "
+                             f"(one all-reduce); power_iterations must be 1 with it, got "
+                             f"{self.power_iterations}. Use alternate=False for k iterations "
                              f"(2k all-reduce rounds per step)")
         return self
 
