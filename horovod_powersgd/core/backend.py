@@ -241,11 +241,10 @@ class Backend(abc.ABC):
         """Inverse of `pack_signs` row by row: uint8 (rows, bytes) -> float32 (rows, count) of ±1."""
         raise NotImplementedError(f"{type(self).__name__} has no unpack_signs")
 
-    def signed_sum(self, packed, count: int, weights, out=None):
+    def signed_sum(self, packed, count: int, weights):
         """Σ_i weights[i]·s_i for the rows s_i ∈ {−1, +1}^count of `unpack_signs` (``packed``:
         uint8 (rows, bytes); ``weights``: a 1-D float tensor, one per row): a 1-D tensor of
-        ``weights``' dtype, written into ``out`` (``count`` elements of that dtype, content ignored)
-        where the framework can. Default: the (1, rows) @ (rows, count) product."""
+        ``weights``' dtype. Default: the (1, rows) @ (rows, count) product."""
         signs = self.cast(self.unpack_signs(packed, count), self.dtype_name(weights))
         return self.reshape(self.reshape(weights, (1, -1)) @ signs, (-1,))
 
@@ -261,10 +260,9 @@ class Backend(abc.ABC):
         """``tensor[indices]`` for a 1-D tensor and integer indices."""
         raise NotImplementedError(f"{type(self).__name__} has no gather")
 
-    def scatter_add(self, indices, values, size: int, out=None):
+    def scatter_add(self, indices, values, size: int):
         """A 1-D tensor of ``size`` zeros (``values``' dtype and device) with each ``values[i]``
-        added at ``indices[i]``; repeated indices add up. Written into ``out`` (``size`` elements of
-        that dtype, content ignored) where the framework can."""
+        added at ``indices[i]``; repeated indices add up."""
         raise NotImplementedError(f"{type(self).__name__} has no scatter_add")
 
     def zero_at_(self, tensor, indices):

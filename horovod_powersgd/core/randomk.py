@@ -67,7 +67,7 @@ class RandomK(StatefulCompressor):
         nonfinite = b.cast(poison(b, p), b.dtype_name(p))  # before the zeroing below
         values = b.gather(p, indices)
         if self.error_feedback:
-            self._stage_buffer(ctx, "error", b.zero_at_(p, indices))
+            self._stage_write(slots["error"], b.zero_at_(p, indices))
         values = values + nonfinite  # any non-finite p: NaN values
         ctx.payload = indices
         return values, ctx
@@ -75,10 +75,8 @@ class RandomK(StatefulCompressor):
     def _decompress(self, values, ctx: Ctx):
         b = self.backend
         d = numel(ctx.shape)
-        values = b.cast(values, compute_dtype(ctx.dtype))
-        if not self.error_feedback:  # unbiased: scaled before the scatter, k multiplications, not d
-            values = values * (d / kept(self.ratio, d))
-        dense = b.scatter_add(ctx.payload, values, d,
-                              out=self._spare(ctx, "error") if self.error_feedback else None)
+        dense = b.scatter_add(ctx.payload, b.cast(values, compute_dtype(ctx.dtype)), d)
         ctx.payload = None
+        if not self.error_feedback:
+            dense = dense * (d / kept(self.ratio, d))
         return restore(b, dense, ctx)

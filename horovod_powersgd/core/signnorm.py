@@ -44,10 +44,8 @@ class SignNorm(StatefulCompressor):
         guard = placeholder(b, like=p)
         scale = b.reshape(b.sum(b.abs(p)) / d, (1,))
         packed = b.pack_signs(p)
-        # Δ from the bits, in the error buffer the last step retired (the output's, later)
-        sent = b.signed_sum(b.reshape(packed, (1, -1)), d, b.cast(scale, dtype),
-                            out=self._spare(ctx, "error", take=False))
-        self._stage_buffer(ctx, "error", b.sub_(p, sent))
+        sent = b.signed_sum(b.reshape(packed, (1, -1)), d, b.cast(scale, dtype))  # Δ from the bits
+        self._stage_write(slots["error"], b.sub_(p, sent))
         ctx.payload = (start_allgather(self, packed, "signnorm.signs", ctx.identity),
                        start_allgather(self, scale, "signnorm.scale", ctx.identity))
         return guard, ctx
@@ -60,5 +58,4 @@ class SignNorm(StatefulCompressor):
         # rank i's scale weighs rank i's signs; Horovod's op applied to the N scales, not to d sums
         scales = b.cast(self._wait(scale_handle), dtype) * mean_weight(ctx.identity)
         return restore(b, b.signed_sum(per_rank(b, self._wait(signs_handle), ctx.identity),
-                                       numel(ctx.shape), scales, out=self._spare(ctx, "error")),
-                       ctx)
+                                       numel(ctx.shape), scales), ctx)

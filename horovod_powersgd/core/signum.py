@@ -48,7 +48,7 @@ class Signum(StatefulCompressor):
         # v = β·v_old + (1−β)·g written as g + β·(v_old − g): one pass, in the gradient's own
         # memory where the framework allows (Horovod hands the parameter our output instead)
         v = b.lerp_(g, self._read(slots, "momentum", g), self.momentum)
-        self._stage_buffer(ctx, "momentum", v)
+        self._stage_write(slots["momentum"], v)
         ctx.payload = start_allgather(self, b.pack_signs(v), "signum", ctx.identity)
         return placeholder(b, like=g), ctx
 
@@ -57,7 +57,6 @@ class Signum(StatefulCompressor):
         rows = per_rank(b, self._wait(ctx.payload), ctx.identity)
         ctx.payload = None
         ones = b.from_numpy(np.ones(ctx.identity.group_size, np.float32), like=rows)
-        # Σ_i s_i: a vote, not an average; into the momentum buffer the step retired, if any
-        votes = b.signed_sum(rows, numel(ctx.shape), ones, out=self._spare(ctx, "momentum"))
+        votes = b.signed_sum(rows, numel(ctx.shape), ones)  # Σ_i s_i: a vote, not an average
         return restore(b, b.sign_(votes), ctx)
 

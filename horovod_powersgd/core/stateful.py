@@ -20,10 +20,6 @@ from .shapes import numel
 class TensorState:
     shape: tuple
     slots: Dict[str, object]  # field -> backend slot ("step" holds an integer counter)
-    # eager backends: field -> the buffer the last finite step's write replaced, which serves once
-    # more as scratch or output of this tensor (a fresh gradient-sized buffer costs its page faults
-    # on every step, more than the pass that fills it)
-    spares: Dict[str, object] = dataclasses.field(default_factory=dict)
 
 
 class StatefulCompressor(Compressor):
@@ -31,21 +27,12 @@ class StatefulCompressor(Compressor):
 
     Subclasses name their buffers in `buffers` (each d elements, the gradient's compute dtype, zero
     at first) and set `counts_steps` when they draw fresh shared randomness every step. Buffers are
-    written with `_stage_buffer` (kept as they were by a non-finite step); counters advance always
-    (the same on every rank either way).
-
-    On eager backends the buffer a finite step replaced is kept as the tensor's spare
-    (`_spare`): nothing outside holds it — it was a gradient handed to `compress`, whose memory the
-    compressors use as working space (Horovod's optimizer points ``p.grad`` at the output instead),
-    or a buffer allocated here — so the next step may write its output into it.
+    written with `_stage_write` (kept as they were by a non-finite step); counters advance always (the
+    same on every rank either way).
     """
 
     buffers: Tuple[str, ...] = ()
     counts_steps: bool = False
-
-    def __init__(self, backend):
-        self._replacing: list = []  # (state, field) staged this step (eager backends)
-        super().__init__(backend)
 
     def _slots(self, ctx: Ctx, like) -> Dict[str, object]:
         name = ctx.identity.name
@@ -65,34 +52,6 @@ class StatefulCompressor(Compressor):
 
     def _read(self, slots, field, like):
         return self.backend.to_device_of(self.backend.read_state(slots[field]), like)
-
-    def _stage_buffer(self, ctx: Ctx, field: str, value) -> None:
-        """Stage ``value`` as buffer ``field`` of ``ctx``'s tensor (`_stage_write`)."""
-        state = self._tensors[ctx.identity.name]
-        self._stage_write(state.slots[field], value)
-        if self.backend.deferred:
-            self._replacing.append((state, field))
-
-    def _spare(self, ctx: Ctx, field: str, take: bool = True):
-        """The buffer ``field`` of ``ctx``'s tensor that the last finite step replaced, or None
-        (graph backends, the first steps). Taken (handed out once) unless ``take`` is False."""
-        spares = self._tensors[ctx.identity.name].spares
-        return spares.pop(field, None) if take else spares.get(field)
-
-    def _commit_step(self):
-        b = self.backend
-        replacing, self._replacing = self._replacing, []
-        replaced = [b.read_state(state.slots[field]) for state, field in replacing]
-        finite = super()._commit_step()
-        if replacing and finite:  # eager backends only: ``finite`` is a bool here
-            for (state, field), old in zip(replacing, replaced):
-                if old is not b.read_state(state.slots[field]):
-                    state.spares[field] = old
-        return finite
-
-    def _abandon_step(self) -> None:
-        super()._abandon_step()
-        self._replacing.clear()
 
     def _next_step(self, slots):
         """This tensor's step number (0 first); advances the counter."""

@@ -53,7 +53,7 @@ class TopK(StatefulCompressor):
         guard = placeholder(b, like=p)  # before the zeroing below, which may remove an inf
         indices = b.topk_indices(p, kept(self.ratio, d))
         values = b.gather(p, indices)
-        self._stage_buffer(ctx, "error", b.zero_at_(p, indices))
+        self._stage_write(slots["error"], b.zero_at_(p, indices))
         ctx.payload = (start_allgather(self, values, "topk.values", ctx.identity),
                        start_allgather(self, b.cast(indices, "int32"), "topk.indices", ctx.identity))
         return guard, ctx
@@ -63,6 +63,6 @@ class TopK(StatefulCompressor):
         values_handle, indices_handle = ctx.payload
         ctx.payload = None
         values, indices = self._wait(values_handle), self._wait(indices_handle)
-        # scaled before the scatter: k multiplications instead of d; into the retired error buffer
-        return restore(b, b.scatter_add(indices, values * mean_weight(ctx.identity), numel(ctx.shape),
-                                        out=self._spare(ctx, "error")), ctx)
+        # scaled before the scatter: k multiplications instead of d
+        return restore(b, b.scatter_add(indices, values * mean_weight(ctx.identity), numel(ctx.shape)),
+                       ctx)

@@ -113,11 +113,8 @@ class NumpyBackend(Backend):
         out[np.asarray(indices, dtype=np.int64)] = 0
         return out
 
-    def scatter_add(self, indices, values, size, out=None):
-        if out is None:
-            out = np.zeros(size, dtype=np.asarray(values).dtype)
-        else:
-            out[...] = 0
+    def scatter_add(self, indices, values, size):
+        out = np.zeros(size, dtype=np.asarray(values).dtype)
         np.add.at(out, np.asarray(indices, dtype=np.int64), values)  # unbuffered: repeats add up
         return out
 

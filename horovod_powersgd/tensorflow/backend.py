@@ -82,7 +82,7 @@ class TensorFlowBackend(Backend):
     def gather(self, tensor, indices):
         return tf.gather(tensor, indices)
 
-    def scatter_add(self, indices, values, size, out=None):  # graphs: ``out`` is not reused
+    def scatter_add(self, indices, values, size):
         return tf.math.unsorted_segment_sum(values, indices, size)
 
     def bitcast(self, tensor, dtype_name):
