@@ -126,8 +126,8 @@ class PowerSGDConfig(NamedTuple):
                                 else ("two_sided", "on each side per step"))
             raise ValueError(f"PowerSGD: {scheme}=True does one half of a power iteration {per_step} "
                              f"(one all-reduce); power_iterations must be 1 with it, got "
-                             f"{self.power_iterations}. Use alternate=False for k iterations "
-                             f"(2k all-reduce rounds per step)")
+                             f"{self.power_iterations}. Use the classic scheme (alternate=False, "
+                             f"two_sided=False) for k iterations (2k all-reduce rounds per step)")
         return self
 
     @property

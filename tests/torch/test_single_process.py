@@ -69,3 +69,33 @@ def test_outputs_handed_out_are_never_written_again(scheme):
     for step, (out, copy) in enumerate(zip(outputs, copies)):
         torch.testing.assert_close(out, copy, rtol=0, atol=0, msg=f"step {step}'s output changed")
     assert [out.data_ptr() for out in outputs[2:]] == inputs[:-2]
+
+
+@every_scheme
+def test_a_gradient_accumulated_into_the_last_output_gives_the_same_steps(scheme):
+    """``zero_grad(set_to_none=False)``: the next backward pass accumulates into ``p.grad``, which
+    Horovod's optimizer pointed at our last output — the compressor gets that memory back as the
+    gradient while it keeps a retired buffer as a spare. The steps are those of fresh gradient
+    tensors, bit for bit."""
+    import horovod.torch as hvd
+
+    hvd.init()
+    generator = torch.Generator().manual_seed(0)
+    gradients = [torch.randn(24, 20, generator=generator) for _ in range(8)]
+
+    def run(into_last_output):
+        weight = torch.nn.Parameter(torch.zeros(24, 20))
+        c = PowerSGD(rank=2, **SCHEMES[scheme]).register_parameters([("w", weight)])
+        results = []
+        for gradient in gradients:
+            if into_last_output and weight.grad is not None:
+                weight.grad.zero_().add_(gradient)
+            else:
+                weight.grad = gradient.clone()
+            wire, ctx = c.compress(weight.grad)
+            weight.grad = c.decompress(hvd.allreduce(wire, name="w"), ctx)
+            results.append(weight.grad.clone())
+        return results
+
+    for step, (fresh, accumulated) in enumerate(zip(run(False), run(True))):
+        torch.testing.assert_close(accumulated, fresh, rtol=0, atol=0, msg=f"step {step}")
