@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.momentum_probe                     # lr 0.05, momentum 0.9 and 0
     .venv/bin/python -m benchmarks.momentum_probe --lr 0.02 --momentum 0.9
+    .venv/bin/python -m benchmarks.momentum_probe --specs 'none;unbiased_lowrank:rank=2'   # any specs
 
 Each spec trains the same model from the same seed for 384 steps of batch 64 (8192 training images),
 its gradients going through the real compressor (Horovod with one rank: the all-reduce is the
@@ -55,6 +56,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--momentum", type=float, nargs="+", default=[0.9, 0.0])
+    parser.add_argument("--specs", default=";".join(SPECS), help="';'-separated specs (default: %(default)s)")
     args = parser.parse_args(argv)
     import horovod.torch as hvd
 
@@ -63,7 +65,7 @@ def main(argv=None) -> None:
     print("| lr | momentum | spec | loss, first 64 steps | loss, last 64 | test accuracy |")
     print("|---:|---:|---|---:|---:|---:|")
     for momentum in args.momentum:
-        for spec in SPECS:
+        for spec in args.specs.split(";"):
             first, last, accuracy = train(spec, args.lr, momentum)
             print(f"| {args.lr} | {momentum} | {spec} | {first:.3f} | {last:.3f} | {accuracy:.3f} |")
 

@@ -116,15 +116,37 @@ def test_cli_prints_a_verdict(capsys):
     assert not math.isnan(rows["powersgd:rank=2"]["step_ms"])
 
 
-@pytest.mark.parametrize("spec, caveat", [
-    ("powersgd:rank=2,alternate=True", "trained markedly worse than classic under momentum"),
-    ("powersgd:rank=2,two_sided=True", "accuracy is not modelled: check it on your task")])
-def test_recommendation_carries_what_was_measured_about_accuracy(spec, caveat):
+def advice_rows(*specs_and_steps):
+    """Rows as `advisor.table` makes them: ``none`` at 100 ms, then each (spec, step ms)."""
     row = {"speedup": 1.0, "step_ms": 100.0, "communicate_ms": 60.0, "MB_per_step": 10.0, "rounds": 1,
            "codec_ms": 0.0}
-    rows = [dict(row, spec="none"), dict(row, spec=spec, speedup=2.0, step_ms=50.0, MB_per_step=0.1)]
+    return [dict(row, spec="none")] + [dict(row, spec=spec, speedup=100.0 / step, step_ms=step,
+                                            MB_per_step=0.1) for spec, step in specs_and_steps]
+
+
+@pytest.mark.parametrize("spec, caveat", [
+    ("powersgd:rank=2,alternate=True", "trained markedly worse than classic under momentum"),
+    ("unbiased_lowrank:rank=2", "diverged under momentum 0.9"),
+    ("powersgd:rank=2,two_sided=True", "accuracy is not modelled: check it on your task")])
+def test_recommendation_carries_what_was_measured_about_accuracy(spec, caveat):
+    advice = advisor.recommendation(advice_rows((spec, 50.0)), 1e9, 2)
+    assert advice.startswith(f"Recommendation: {spec} — predicted 2.00×") and caveat in advice
+
+
+def test_a_tie_goes_to_the_fastest_spec_without_an_accuracy_caveat():
+    """Within 5 % of the fastest step the model cannot tell specs apart: the advice takes the fastest
+    one nothing was measured against, and names the faster one it passed over, and why."""
+    rows = advice_rows(("powersgd:rank=1,alternate=True", 50.0), ("unbiased_lowrank:rank=2", 50.5),
+                       ("powersgd:rank=1,two_sided=True", 51.5), ("powersgd:rank=2", 52.0))
     advice = advisor.recommendation(rows, 1e9, 2)
-    assert advice.startswith(f"Recommendation: {spec}") and caveat in advice
+    assert advice.startswith("Recommendation: powersgd:rank=1,two_sided=True — predicted 1.94×")
+    assert "powersgd:rank=1,alternate=True, predicted 50.0 ms, is within 5% of it" in advice
+    assert "trained markedly worse than classic" in advice
+    # beyond the margin, the fastest is the advice, its caveat said with it
+    rows = advice_rows(("powersgd:rank=1,alternate=True", 50.0), ("powersgd:rank=1,two_sided=True", 53.0))
+    advice = advisor.recommendation(rows, 1e9, 2)
+    assert advice.startswith("Recommendation: powersgd:rank=1,alternate=True")
+    assert "accuracy is not modelled, and the alternating scheme trained markedly worse" in advice
 
 
 def test_cli_needs_compute_time_for_raw_shapes():
