@@ -1,5 +1,7 @@
 """Check a calibration against the step benchmark on the same links: the calibrated advisor's predicted
-step time per spec vs the measured one, and whether it ranks the fastest spec correctly.
+step time per spec vs the measured one, whether it ranks the fastest spec correctly, and whether the
+measured fastest is among the specs the advisor calls a tie (predicted within
+`advisor.TIE_MARGIN` of its fastest), and how the spec it advises from that tie measured.
 
     .venv/bin/python -m benchmarks.calibrate_check results/benchmark.json \\
         --fit fashion_mnist=/tmp/fm.json --fit ptb_lstm=/tmp/lstm.json [--markdown]
@@ -48,10 +50,13 @@ def compare(raw: dict, fits: dict, prefix: str = "powersgd") -> dict:
                          "predicted_compute_s": p.compute_s, "error": p.step_s / r["step_s"] - 1})
         specs = [s for s in measured if s.startswith(prefix)]
         if specs:
+            tied = advisor.tied_with_fastest({spec: predicted[spec] for spec in specs})
             entry = {"task": run["task"], "rate": run["rate"], "measured": min(specs, key=measured.get),
-                     "predicted": min(specs, key=predicted.get), "gap": None}
-            if entry["measured"] != entry["predicted"] and steps[entry["measured"]] and steps[entry["predicted"]]:
-                entry["gap"] = median_gap(steps[entry["predicted"]], steps[entry["measured"]])
+                     "predicted": tied[0], "tied": tied, "advised": advisor.advised(tied), "gap": None,
+                     "advised_gap": None}
+            for spec, key in ((entry["predicted"], "gap"), (entry["advised"], "advised_gap")):
+                if spec != entry["measured"] and steps[entry["measured"]] and steps[spec]:
+                    entry[key] = median_gap(steps[spec], steps[entry["measured"]])
             fastest.append(entry)
     errors = [abs(r["error"]) for r in rows if r["spec"].startswith(prefix)]
     return {"rows": rows, "fastest": fastest, "median_abs_error": float(np.median(errors)) if errors else None}
@@ -78,14 +83,22 @@ def main(argv=None) -> int:
             print(f"{r['task']:<14}{r['rate']:>8}  {r['spec']:<32} measured {r['measured_s'] * 1e3:7.1f} ms "
                   f"(compute {r['measured_compute_s'] * 1e3:6.1f})  predicted {r['predicted_s'] * 1e3:7.1f} ms "
                   f"(compute {r['predicted_compute_s'] * 1e3:6.1f})  {r['error']:+.1%}")
+    def measured_against_fastest(gap) -> str:
+        gap, low, high = gap
+        return (f"measured {gap:+.1%} [95 % interval {low:+.1%} … {high:+.1%}] "
+                + ("— a tie at this run's resolution" if low <= 0 <= high else "— a real miss"))
+
     for f in result["fastest"]:
         verdict = "correct" if f["measured"] == f["predicted"] else "WRONG"
         if f["gap"] is not None:
-            gap, low, high = f["gap"]
-            verdict += (f"; the predicted one measured {gap:+.1%} [95 % interval {low:+.1%} … {high:+.1%}] "
-                        + ("— a tie at this run's resolution" if low <= 0 <= high else "— a real miss"))
+            verdict += f"; the predicted one {measured_against_fastest(f['gap'])}"
         print(f"fastest PowerSGD spec, {f['task']} at {f['rate']}: measured {f['measured']}, "
               f"predicted {f['predicted']} ({verdict})")
+        advised = f"advised {f['advised']}: " + (
+            "the measured fastest" if f["advised"] == f["measured"]
+            else measured_against_fastest(f["advised_gap"]) if f["advised_gap"] else "no step times")
+        print(f"  predicted tie (within {advisor.TIE_MARGIN:.0%}): {len(f['tied'])} specs, the measured "
+              f"fastest {'among them' if f['measured'] in f['tied'] else 'NOT among them'}; {advised}")
     if result["median_abs_error"] is not None:
         print(f"median |error| over PowerSGD specs and tasks: {result['median_abs_error']:.1%}")
     return 0

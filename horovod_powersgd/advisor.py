@@ -425,12 +425,30 @@ ACCURACY_CAVEATS = {
 }
 
 
-def recommendation(rows: List[dict], bps: float, workers: int, margin: float = 0.05) -> str:
+#: predicted steps this close (relative) to the fastest are a tie at the model's accuracy (the
+#: calibrated model's median error was 4–13 % in the README's check)
+TIE_MARGIN = 0.05
+
+
+def tied_with_fastest(step_by_spec: dict, margin: float = TIE_MARGIN) -> list:
+    """The specs whose predicted step is within ``margin`` of the fastest one, fastest first."""
+    fastest = min(step_by_spec.values())
+    return sorted((s for s, step in step_by_spec.items() if step <= fastest * (1 + margin)),
+                  key=step_by_spec.get)
+
+
+def advised(tied: list) -> str:
+    """Among ``tied`` specs (fastest first), the fastest with no measured accuracy caveat, else the
+    fastest."""
+    return next((spec for spec in tied if codec_key(spec) not in ACCURACY_CAVEATS), tied[0])
+
+
+def recommendation(rows: List[dict], bps: float, workers: int, margin: float = TIE_MARGIN) -> str:
     """The advice in one sentence, with its reason.
 
-    Specs predicted within ``margin`` of the fastest step are a tie at the model's accuracy (the
-    calibrated model's median error was 4–13 % in the README's check): among them the advice is
-    the fastest one without a measured accuracy caveat (`ACCURACY_CAVEATS`), and says so."""
+    ``margin`` is also the least speed-up worth advising. Specs predicted within it of the fastest
+    step are a tie (`tied_with_fastest`): the advice is the fastest of them without a measured
+    accuracy caveat (`advised`, `ACCURACY_CAVEATS`), and says so."""
     none = rows[0]
     fastest = max(rows[1:], key=lambda r: r["speedup"], default=none)
     where = f"at {format_rate(bps)} with {workers} workers"
@@ -440,9 +458,9 @@ def recommendation(rows: List[dict], bps: float, workers: int, margin: float = 0
                 f"per step {where} (best: {fastest['spec']}, {fastest['speedup']:.2f}×), because the uncompressed "
                 f"all-reduce is only {none['communicate_ms']:.1f} ms ({comm_share:.0%}) of its "
                 f"{none['step_ms']:.1f} ms step and compressing costs about as much as it saves.")
-    tied = sorted((r for r in rows[1:] if r["step_ms"] <= fastest["step_ms"] * (1 + margin)),
-                  key=lambda r: r["step_ms"])
-    best = next((r for r in tied if codec_key(r["spec"]) not in ACCURACY_CAVEATS), fastest)
+    by_spec = {r["spec"]: r for r in rows[1:]}
+    tied = tied_with_fastest({spec: r["step_ms"] for spec, r in by_spec.items()}, margin)
+    fastest, best = by_spec[tied[0]], by_spec[advised(tied)]
     caveat = ACCURACY_CAVEATS.get(codec_key(best["spec"]))
     accuracy = (f"accuracy is not modelled, and {caveat}: check it on your task" if caveat
                 else "accuracy is not modelled: check it on your task")

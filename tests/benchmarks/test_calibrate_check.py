@@ -35,3 +35,21 @@ def test_a_wrong_ranking_reports_its_gap():
     assert fastest["measured"] == worst and fastest["predicted"] == best
     gap, low, high = fastest["gap"]
     assert gap > 0 and low <= 0 <= high
+
+
+def test_the_advisors_tie_and_advice_are_checked_against_the_measured_fastest():
+    """Single-round specs predicted within the tie margin: the check says whether the measured
+    fastest is among them, and how the advised one (no accuracy caveat) measured against it."""
+    shapes = [(256, 512), (256,), (10, 256), (10,)]
+    fit = dataclasses.replace(advisor.Fit.load(), bandwidth_bps=1e9, compute_s=0.05)
+    specs = ("powersgd:rank=1,alternate=True", "powersgd:rank=1,two_sided=True", "powersgd:rank=4")
+    predicted = {s: advisor.predict(s, shapes, fit.bandwidth_bps, 2, fit.compute_s, fit).step_s for s in specs}
+    tied = advisor.tied_with_fastest(predicted)
+    assert "powersgd:rank=4" not in tied and set(tied) == set(specs[:2])  # classic's second round
+    times = {specs[0]: [0.101, 0.100, 0.102], specs[1]: [0.100, 0.101, 0.099], specs[2]: [0.12, 0.121, 0.119]}
+    results = [{"spec": s, "step_s": float(np.median(t)), "compute_s": 0.05, "step_times_s": t}
+               for s, t in times.items()]
+    raw = {"steps": [{"task": "t", "rate": "1gbit", "workers": 2, "parameter_shapes": shapes, "results": results}]}
+    (fastest,) = compare(raw, {"t": fit})["fastest"]
+    assert fastest["measured"] == specs[1] and fastest["measured"] in fastest["tied"]
+    assert fastest["advised"] == specs[1] and fastest["advised_gap"] is None  # the caveat-free one
