@@ -83,6 +83,7 @@ def main(argv=None) -> int:
             print(f"{r['task']:<14}{r['rate']:>8}  {r['spec']:<32} measured {r['measured_s'] * 1e3:7.1f} ms "
                   f"(compute {r['measured_compute_s'] * 1e3:6.1f})  predicted {r['predicted_s'] * 1e3:7.1f} ms "
                   f"(compute {r['predicted_compute_s'] * 1e3:6.1f})  {r['error']:+.1%}")
+
     def measured_against_fastest(gap) -> str:
         gap, low, high = gap
         return (f"measured {gap:+.1%} [95 % interval {low:+.1%} … {high:+.1%}] "
