@@ -109,7 +109,7 @@ class NumpyBackend(Backend):
         return np.asarray(tensor)[np.asarray(indices)]
 
     def zero_at_(self, tensor, indices):
-        out = tensor if isinstance(tensor, np.ndarray) and tensor.flags.writeable else np.array(tensor)
+        out = tensor if _writable(tensor, tensor) else np.array(tensor)
         out[np.asarray(indices, dtype=np.int64)] = 0
         return out
 

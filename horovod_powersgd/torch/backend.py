@@ -157,9 +157,7 @@ class TorchBackend(Backend):
         return torch.topk(magnitude, k, sorted=False).indices
 
     def zero_at_(self, tensor, indices):
-        if tensor.requires_grad or not tensor.is_contiguous():
-            tensor = tensor.clone()
-        return tensor.index_fill_(0, indices.long(), 0)
+        return (tensor if _writable(tensor, tensor) else tensor.clone()).index_fill_(0, indices.long(), 0)
 
     def gather(self, tensor, indices):
         return tensor[indices.long()]
