@@ -450,7 +450,9 @@ def recommendation(rows: List[dict], bps: float, workers: int, margin: float = T
     step are a tie (`tied_with_fastest`): the advice is the fastest of them without a measured
     accuracy caveat (`advised`, `ACCURACY_CAVEATS`), and says so."""
     none = rows[0]
-    fastest = max(rows[1:], key=lambda r: r["speedup"], default=none)
+    by_spec = {r["spec"]: r for r in rows[1:]}
+    tied = tied_with_fastest({spec: r["step_ms"] for spec, r in by_spec.items()}, margin) if by_spec else []
+    fastest = by_spec[tied[0]] if tied else none
     where = f"at {format_rate(bps)} with {workers} workers"
     comm_share = none["communicate_ms"] / none["step_ms"] if none["step_ms"] else 0.0
     if fastest is none or fastest["speedup"] < 1 + margin:
@@ -458,9 +460,7 @@ def recommendation(rows: List[dict], bps: float, workers: int, margin: float = T
                 f"per step {where} (best: {fastest['spec']}, {fastest['speedup']:.2f}×), because the uncompressed "
                 f"all-reduce is only {none['communicate_ms']:.1f} ms ({comm_share:.0%}) of its "
                 f"{none['step_ms']:.1f} ms step and compressing costs about as much as it saves.")
-    by_spec = {r["spec"]: r for r in rows[1:]}
-    tied = tied_with_fastest({spec: r["step_ms"] for spec, r in by_spec.items()}, margin)
-    fastest, best = by_spec[tied[0]], by_spec[advised(tied)]
+    best = by_spec[advised(tied)]
     caveat = ACCURACY_CAVEATS.get(codec_key(best["spec"]))
     accuracy = (f"accuracy is not modelled, and {caveat}: check it on your task" if caveat
                 else "accuracy is not modelled: check it on your task")
