@@ -8,6 +8,8 @@ Phases (each a fresh emulated cluster; every job bounded by a timeout):
      models), side by side in one job (one step of each per round, the order rotated every round:
      `benchmarks.rounds`), then in a job of its own PyTorch DDP without a hook and with
      ``powerSGD_hook`` (`--ddp-ranks`), likewise; `--repeats N` alternates the two jobs N times;
+     then a short job of the same specs under Horovod's timeline, for its bytes (the timed jobs run
+     without ``HOROVOD_TIMELINE``, which slows every Horovod step while set);
   2. scaling    — 2…4 hosts at `--scaling-rate` (≤ 200 Mbit/s so 2 cores keep up),
      all-reduce vs all-gather compressors on the Fashion-MNIST CNN;
   3. time-to-accuracy — examples/torch_fashion_mnist.py per spec at `--rate`, accuracy logged every
@@ -106,8 +108,33 @@ def merge_repeats(jobs: list) -> dict:
     return merged
 
 
+#: what the timeline job adds to each spec's figures
+TIMELINE_FIELDS = ("timeline", "timeline_payload_per_step", "timeline_wire_bytes_per_step")
+
+
+def with_timelines(job: dict, timelines: dict) -> dict:
+    """``job``'s record with each spec's figures from the timeline job (`benchmarks.step_worker`
+    ``--timeline-dir``: the same specs in the same order) added."""
+    for entry, recorded in zip(job["results"], timelines["results"]):
+        if "error" not in entry and "error" not in recorded:
+            entry.update({k: recorded[k] for k in TIMELINE_FIELDS if k in recorded})
+    return job
+
+
 def python(*argv) -> list:
     return [sys.executable, *map(str, argv)]
+
+
+def timeline_job(cluster, args, task: str, specs: str, warmup: int, timeline_dir: Path, env: dict,
+                 tiny: list) -> dict:
+    """The step phase's timeline job on ``cluster``: every spec warmed up, then a few steps of each
+    alone under Horovod's timeline (`benchmarks.step_worker` ``--timeline-dir``); its record."""
+    target = timeline_dir.parent / f"{timeline_dir.name}.bytes.json"
+    check(cluster.run_horovod(python("-m", "benchmarks.step_worker", "--task", task, "--specs", specs,
+                                     "--warmup", warmup, "--out", target, "--timeline-dir", timeline_dir,
+                                     *tiny), env, args.timeout, f"timeline-{timeline_dir.name}"),
+          f"timeline {timeline_dir.name}")
+    return json.loads(target.read_text())
 
 
 def main(argv=None) -> int:
@@ -121,7 +148,10 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     (work / "raw").mkdir(parents=True)
     tiny = ["--tiny"] if args.smoke else []
-    env = {"HOROVOD_TIMELINE": "DYNAMIC", "PYTHONPATH": str(ROOT)}
+    env = {"PYTHONPATH": str(ROOT)}
+    # only the timeline jobs set it: Horovod tracks negotiations for the timeline every cycle while
+    # it is set, a cost no timed step should carry (`benchmarks.step_worker`)
+    timeline_env = {**env, "HOROVOD_TIMELINE": "DYNAMIC"}
     started = time.time()
     raw = {"steps": [], "ddp": [], "scaling": [], "tta": [], "skipped": []}
 
@@ -138,8 +168,7 @@ def main(argv=None) -> int:
                 target = work / "raw" / f"steps.{task}.{repeat}.json"
                 check(cluster.run_horovod(python("-m", "benchmarks.step_worker", "--task", task,
                                                  "--specs", args.specs, "--steps", args.steps, "--warmup",
-                                                 args.warmup, "--out", target, "--timeline-dir",
-                                                 work / "timelines" / task, *tiny),
+                                                 args.warmup, "--out", target, *tiny),
                                           {**env, "BENCH_RATE": args.rate}, args.timeout, f"steps-{task}"),
                       f"step time {task}")
                 horovod_jobs.append({**json.loads(target.read_text()), "rate": args.rate})
@@ -151,7 +180,9 @@ def main(argv=None) -> int:
                                                                "--warmup", args.warmup, "--out", target, *tiny),
                                                         env, args.timeout, f"ddp-{task}"), f"DDP {task}")
                     ddp_jobs.append({**json.loads(target.read_text()), "rate": args.rate})
-            raw["steps"].append(merge_repeats(horovod_jobs))
+            log(f"timeline: {task}")
+            raw["steps"].append(with_timelines(merge_repeats(horovod_jobs), timeline_job(
+                cluster, args, task, args.specs, args.warmup, work / "timelines" / task, timeline_env, tiny)))
             if ddp_jobs:
                 raw["ddp"].append(merge_repeats(ddp_jobs))
 
@@ -162,11 +193,13 @@ def main(argv=None) -> int:
             target = work / "raw" / f"scaling.{n}.json"
             check(cluster.run_horovod(python("-m", "benchmarks.step_worker", "--task", "fashion_mnist",
                                              "--specs", args.scaling_specs, "--steps", max(5, args.steps // 2),
-                                             "--warmup", 3, "--out", target, "--timeline-dir",
-                                             work / "timelines" / f"scaling{n}", *tiny),
+                                             "--warmup", 3, "--out", target, *tiny),
                                       {**env, "BENCH_RATE": args.scaling_rate}, args.timeout, f"scaling-{n}"),
                   f"scaling {n}")
-            raw["scaling"].append({**json.loads(target.read_text()), "rate": args.scaling_rate})
+            raw["scaling"].append(with_timelines(
+                {**json.loads(target.read_text()), "rate": args.scaling_rate},
+                timeline_job(cluster, args, "fashion_mnist", args.scaling_specs, 3,
+                             work / "timelines" / f"scaling{n}", timeline_env, tiny)))
 
     # ---- phase 3: time-to-accuracy on the Fashion-MNIST example
     tta_specs = [s for s in args.tta_specs.split(";") if s.strip()]

@@ -9,8 +9,11 @@ model *without* Horovod (no hooks, no collectives), that spec's compute sample. 
   communicate = step − compute − codec: the communication backprop did not hide.
 Bytes: per spec, the compressor's own count, the link's count (`tc -s qdisc` on this host's eth0 around
 each timed step, i.e. every byte that left the emulated NIC, framing included) and, on rank 0,
-Horovod's timeline of a few extra steps of that spec alone (every collective with its dtype and
-shape) — three independent sources.
+Horovod's timeline of a few steps of that spec alone (every collective with its dtype and shape),
+taken in a job of its own (``--timeline-dir``) — three independent sources. The timed job runs
+without ``HOROVOD_TIMELINE``: with it set (even ``DYNAMIC``, recording nothing) Horovod tracks every
+tensor's negotiation for the timeline in every cycle, which made the LSTM's Horovod step 6–11 ms
+slower here (measured 2026-12-01) and would have handicapped us against the DDP peer.
 The DDP peer runs in a job of its own (`benchmarks.ddp_worker`): an idle Horovod in the same process
 slowed DDP's steps by 10–25 % here (its background thread cycles every few ms).
 Rank 0 writes one JSON file with every rank's numbers (gathered by Horovod).
@@ -90,6 +93,48 @@ def build_horovod_variant(hvd, task, spec: str, index: int):
     return Variant(spec, model, step, compression, prefix)
 
 
+def time_rounds(hvd, task, variants, plain_model, plain_step, shapes, warmup: int, steps: int) -> dict:
+    """The timed rounds (`benchmarks.rounds`) and each variant's figures, by ``id(variant)``."""
+    before = {id(v): v.compression.stats.as_dict() for v in variants}
+    run_rounds(variants, plain_step, hvd.barrier, warmup, steps)
+    after = {id(v): v.compression.stats.as_dict() for v in variants}
+
+    results = {}
+    for variant in variants:
+        entry = summarize(variant, steps, lambda mine: max(hvd.allgather_object(mine, name="step_worker.compute")))
+        step_time, compute = entry["step_s"], entry["compute_s"]
+        s0, s1 = before[id(variant)], after[id(variant)]
+        wait = (s1["wait_seconds"] - s0["wait_seconds"]) / steps
+        # the compressor's own work; time it blocked on its own collectives is not in it (`wait`)
+        codec = (s1["compress_seconds"] + s1["decompress_seconds"]
+                 - s0["compress_seconds"] - s0["decompress_seconds"]) / steps
+        copy = copy_seconds(plain_model, compressed_parameters(variant.model, variant.compression, variant.prefix),
+                            lambda i: task.loss(plain_model, i).backward())
+        entry.update({
+            "collective": collective_of(variant.compression, max(shapes, key=numel)), "codec_s": codec, "wait_s": wait,
+            "copy_s": copy, "codec_copies": codec / copy if copy else None,
+            "communicate_s": max(0.0, step_time - compute - codec),
+            "sent_bytes_per_step": (s1["sent_bytes_total"] - s0["sent_bytes_total"]) / steps,
+            "uncompressed_bytes_per_step": (s1["uncompressed_bytes_total"]
+                                            - s0["uncompressed_bytes_total"]) / steps})
+        results[id(variant)] = entry
+    return results
+
+
+def record_timelines(hvd, variants, timeline_dir: Path, task_name: str, steps: int) -> dict:
+    """A few steps of each spec alone under Horovod's timeline (the rounds mix every spec's
+    tensors); the file of each, by ``id(variant)``."""
+    timeline_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for variant in variants:
+        timeline = timeline_dir / f"{task_name}.{re.sub(r'[^A-Za-z0-9]+', '_', variant.label)}.json"
+        hvd.start_timeline(str(timeline))
+        time_steps(variant.step, 0, steps)
+        hvd.stop_timeline()
+        results[id(variant)] = {"spec": variant.label, "timeline": str(timeline)}
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
@@ -100,7 +145,9 @@ def main(argv=None):
                         help="steps of each spec alone under Horovod's timeline, after the rounds")
     parser.add_argument("--tiny", action="store_true", help="tiny model (smoke test)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--timeline-dir", type=Path, default=None)
+    parser.add_argument("--timeline-dir", type=Path, default=None,
+                        help="instead of the timed rounds: after the warm-up, --timeline-steps steps of "
+                             "each spec alone under Horovod's timeline (run with HOROVOD_TIMELINE=DYNAMIC)")
     args = parser.parse_args(argv)
 
     hvd = _common.init_horovod()
@@ -120,40 +167,10 @@ def main(argv=None):
     variants = [e for e in entries if isinstance(e, Variant)]
 
     warm_up(variants, args.warmup)
-    before = {id(v): v.compression.stats.as_dict() for v in variants}
-    run_rounds(variants, plain_step, hvd.barrier, args.warmup, args.steps)
-    after = {id(v): v.compression.stats.as_dict() for v in variants}
-
-    results = {}
-    for variant in variants:
-        entry = summarize(variant, args.steps, lambda mine: max(hvd.allgather_object(mine, name="step_worker.compute")))
-        step_time, compute = entry["step_s"], entry["compute_s"]
-        s0, s1 = before[id(variant)], after[id(variant)]
-        wait = (s1["wait_seconds"] - s0["wait_seconds"]) / args.steps
-        # the compressor's own work; time it blocked on its own collectives is not in it (`wait`)
-        codec = (s1["compress_seconds"] + s1["decompress_seconds"]
-                 - s0["compress_seconds"] - s0["decompress_seconds"]) / args.steps
-        copy = copy_seconds(plain_model, compressed_parameters(variant.model, variant.compression, variant.prefix),
-                            lambda i: task.loss(plain_model, i).backward())
-        entry.update({
-            "collective": collective_of(variant.compression, max(shapes, key=numel)), "codec_s": codec, "wait_s": wait,
-            "copy_s": copy, "codec_copies": codec / copy if copy else None,
-            "communicate_s": max(0.0, step_time - compute - codec),
-            "sent_bytes_per_step": (s1["sent_bytes_total"] - s0["sent_bytes_total"]) / args.steps,
-            "uncompressed_bytes_per_step": (s1["uncompressed_bytes_total"]
-                                            - s0["uncompressed_bytes_total"]) / args.steps,
-            "timeline": None})
-        results[id(variant)] = entry
-
-    # ---- Horovod's timeline: a few steps of each spec alone (the rounds mix every spec's tensors)
-    if args.timeline_dir is not None and args.timeline_steps > 0:
-        args.timeline_dir.mkdir(parents=True, exist_ok=True)
-        for variant in variants:
-            timeline = args.timeline_dir / f"{args.task}.{re.sub(r'[^A-Za-z0-9]+', '_', variant.label)}.json"
-            hvd.start_timeline(str(timeline))
-            time_steps(variant.step, 0, args.timeline_steps)
-            hvd.stop_timeline()
-            results[id(variant)]["timeline"] = str(timeline)
+    if args.timeline_dir is not None:
+        results = record_timelines(hvd, variants, args.timeline_dir, args.task, args.timeline_steps)
+    else:
+        results = time_rounds(hvd, task, variants, plain_model, plain_step, shapes, args.warmup, args.steps)
 
     # every rank's numbers to rank 0 (the same variants on every rank, so the lists line up)
     ordered = [results[id(e)] if isinstance(e, Variant) else e for e in entries]
@@ -163,18 +180,20 @@ def main(argv=None):
             first = variant_results[0]
             if "error" in first:
                 continue
-            first["per_rank"] = [{k: r.get(k) for k in ("step_s", "compute_s", "codec_s", "link_bytes_per_step")}
-                                 for r in variant_results]
+            if "step_s" in first:  # the timed job's, not the timeline job's
+                first["per_rank"] = [{k: r.get(k) for k in ("step_s", "compute_s", "codec_s", "link_bytes_per_step")}
+                                     for r in variant_results]
             if first.get("timeline"):
                 time.sleep(0.5)  # the timeline writer thread flushes asynchronously
                 payload = collective_payload(Path(first["timeline"]), hvd.size())
                 first["timeline_payload_per_step"] = {k: v / args.timeline_steps for k, v in payload.items()}
                 first["timeline_wire_bytes_per_step"] = wire_bytes(payload, hvd.size()) / args.timeline_steps
         mine = gathered[0]
+        computes = [r["compute_s"] for r in results.values() if "compute_s" in r]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
             "task": args.task, "workers": hvd.size(), "steps": args.steps, "warmup": args.warmup,
-            "parameter_shapes": shapes, "compute_s": median([r["compute_s"] for r in results.values()]) if results else None,
+            "parameter_shapes": shapes, "compute_s": median(computes) if computes else None,
             "results": mine, "side_by_side": True,
             "rate": os.environ.get("BENCH_RATE"), "tiny": args.tiny}, indent=1))
         print(f"wrote {args.out}", flush=True)
