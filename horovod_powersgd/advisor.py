@@ -448,7 +448,8 @@ def recommendation(rows: List[dict], bps: float, workers: int, margin: float = T
 
     ``margin`` is also the least speed-up worth advising. Specs predicted within it of the fastest
     step are a tie (`tied_with_fastest`): the advice is the fastest of them without a measured
-    accuracy caveat (`advised`, `ACCURACY_CAVEATS`), and says so."""
+    accuracy caveat (`advised`, `ACCURACY_CAVEATS`), and says so; when all of them carry one, the
+    advice is the fastest, its caveat said, and the fastest caveat-free spec that pays is named."""
     none = rows[0]
     by_spec = {r["spec"]: r for r in rows[1:]}
     tied = tied_with_fastest({spec: r["step_ms"] for spec, r in by_spec.items()}, margin) if by_spec else []
@@ -468,6 +469,13 @@ def recommendation(rows: List[dict], bps: float, workers: int, margin: float = T
         accuracy += (f"; {fastest['spec']}, predicted {fastest['step_ms']:.1f} ms, is within "
                      f"{margin:.0%} of it — a tie at the model's accuracy — but "
                      f"{ACCURACY_CAVEATS[codec_key(fastest['spec'])]}")
+    elif caveat:  # every spec in the tie has one: name the fastest that pays without
+        clean = [r for r in by_spec.values()
+                 if codec_key(r["spec"]) not in ACCURACY_CAVEATS and r["speedup"] >= 1 + margin]
+        if clean:
+            other = min(clean, key=lambda r: r["step_ms"])
+            accuracy += (f"; the fastest spec with no such caveat, {other['spec']}, is predicted "
+                         f"{other['step_ms']:.1f} ms ({other['speedup']:.2f}×)")
     return (f"Recommendation: {best['spec']} — predicted {best['speedup']:.2f}× faster per step "
             f"({best['step_ms']:.1f} vs {none['step_ms']:.1f} ms) {where}, because the uncompressed "
             f"all-reduce takes {none['communicate_ms']:.1f} ms ({comm_share:.0%}) of each step and it sends "

@@ -147,6 +147,14 @@ def test_a_tie_goes_to_the_fastest_spec_without_an_accuracy_caveat():
     advice = advisor.recommendation(rows, 1e9, 2)
     assert advice.startswith("Recommendation: powersgd:rank=1,alternate=True")
     assert "accuracy is not modelled, and the alternating scheme trained markedly worse" in advice
+    assert "the fastest spec with no such caveat, powersgd:rank=1,two_sided=True, is predicted 53.0 ms (1.89×)" in advice
+
+
+def test_a_caveated_advice_names_no_alternative_that_does_not_pay():
+    """The caveat-free spec named next to a caveated advice must itself pay (beyond the margin)."""
+    rows = advice_rows(("powersgd:rank=1,alternate=True", 50.0), ("powersgd:rank=2", 98.0))
+    advice = advisor.recommendation(rows, 1e9, 2)
+    assert advice.startswith("Recommendation: powersgd:rank=1,alternate=True") and "no such caveat" not in advice
 
 
 def test_cli_needs_compute_time_for_raw_shapes():
