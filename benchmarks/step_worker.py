@@ -142,7 +142,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=30, help="timed rounds (one step of every variant each)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--timeline-steps", type=int, default=3,
-                        help="steps of each spec alone under Horovod's timeline, after the rounds")
+                        help="steps of each spec alone under Horovod's timeline (with --timeline-dir)")
     parser.add_argument("--tiny", action="store_true", help="tiny model (smoke test)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--timeline-dir", type=Path, default=None,

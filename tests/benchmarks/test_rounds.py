@@ -1,6 +1,7 @@
-"""Side-by-side rounds (`benchmarks.rounds`) and the merge of repeated jobs (`benchmarks.run`)."""
+"""Side-by-side rounds (`benchmarks.rounds`), the merge of repeated jobs and of the timeline job's
+bytes (`benchmarks.run`)."""
 from benchmarks import rounds
-from benchmarks.run import merge_repeats
+from benchmarks.run import merge_repeats, with_timelines
 
 
 def test_every_variant_gets_one_timed_step_per_round_in_rotated_order():
@@ -37,3 +38,19 @@ def test_repeated_jobs_merge_to_the_median_of_each_figure():
     assert bad == {"spec": "bad", "error": "refused"}
     assert merged["repeats"] == 3 and merged["compute_s"] == 0.06
     assert merge_repeats(jobs[:1]) is jobs[0]
+
+
+def test_the_timeline_jobs_bytes_join_the_timed_jobs_figures_spec_by_spec():
+    """The timed job runs without Horovod's timeline; a job of the same specs records it, and its
+    bytes are added to the timed figures of the same spec — nothing else of it."""
+    timed = {"results": [{"spec": "x", "step_s": 0.2}, {"spec": "bad", "error": "refused"},
+                         {"spec": "y", "step_s": 0.3}]}
+    recorded = {"results": [{"spec": "x", "timeline": "x.json", "timeline_payload_per_step": {"ALLREDUCE": 8.0},
+                             "timeline_wire_bytes_per_step": 8.0, "step_s": 9.9},
+                            {"spec": "bad", "error": "refused"},
+                            {"spec": "y", "timeline": "y.json"}]}
+    x, bad, y = with_timelines(timed, recorded)["results"]
+    assert x == {"spec": "x", "step_s": 0.2, "timeline": "x.json", "timeline_payload_per_step": {"ALLREDUCE": 8.0},
+                 "timeline_wire_bytes_per_step": 8.0}
+    assert bad == {"spec": "bad", "error": "refused"}
+    assert y == {"spec": "y", "step_s": 0.3, "timeline": "y.json"}
