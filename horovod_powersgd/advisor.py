@@ -437,10 +437,15 @@ def tied_with_fastest(step_by_spec: dict, margin: float = TIE_MARGIN) -> list:
                   key=step_by_spec.get)
 
 
+def accuracy_caveat(spec: str) -> Optional[str]:
+    """What this project measured against ``spec``'s accuracy (`ACCURACY_CAVEATS`), None if nothing."""
+    return ACCURACY_CAVEATS.get(codec_key(spec))
+
+
 def advised(tied: list) -> str:
     """Among ``tied`` specs (fastest first), the fastest with no measured accuracy caveat, else the
     fastest."""
-    return next((spec for spec in tied if codec_key(spec) not in ACCURACY_CAVEATS), tied[0])
+    return next((spec for spec in tied if accuracy_caveat(spec) is None), tied[0])
 
 
 def recommendation(rows: List[dict], bps: float, workers: int, margin: float = TIE_MARGIN) -> str:
@@ -462,16 +467,15 @@ def recommendation(rows: List[dict], bps: float, workers: int, margin: float = T
                 f"all-reduce is only {none['communicate_ms']:.1f} ms ({comm_share:.0%}) of its "
                 f"{none['step_ms']:.1f} ms step and compressing costs about as much as it saves.")
     best = by_spec[advised(tied)]
-    caveat = ACCURACY_CAVEATS.get(codec_key(best["spec"]))
+    caveat = accuracy_caveat(best["spec"])
     accuracy = (f"accuracy is not modelled, and {caveat}: check it on your task" if caveat
                 else "accuracy is not modelled: check it on your task")
     if best is not fastest:
         accuracy += (f"; {fastest['spec']}, predicted {fastest['step_ms']:.1f} ms, is within "
                      f"{margin:.0%} of it — a tie at the model's accuracy — but "
-                     f"{ACCURACY_CAVEATS[codec_key(fastest['spec'])]}")
+                     f"{accuracy_caveat(fastest['spec'])}")
     elif caveat:  # every spec in the tie has one: name the fastest that pays without
-        clean = [r for r in by_spec.values()
-                 if codec_key(r["spec"]) not in ACCURACY_CAVEATS and r["speedup"] >= 1 + margin]
+        clean = [r for r in by_spec.values() if accuracy_caveat(r["spec"]) is None and r["speedup"] >= 1 + margin]
         if clean:
             other = min(clean, key=lambda r: r["step_ms"])
             accuracy += (f"; the fastest spec with no such caveat, {other['spec']}, is predicted "
