@@ -154,7 +154,8 @@ def main(argv=None):
     torch.set_num_threads(1)  # one compute thread per worker (docs/design.md): 2 cores, up to 4 workers
     task = TASKS[args.task](hvd.rank(), tiny=args.tiny)
 
-    plain_model, plain_step = plain_stepper(task, args.warmup)  # compute only: no hooks, no collectives
+    # compute only: no hooks, no collectives; the timeline job takes its shapes and never steps it
+    plain_model, plain_step = plain_stepper(task, args.warmup if args.timeline_dir is None else 0)
     shapes = parameter_shapes(plain_model)
 
     # one entry per spec, in order: its variant, or the error that refused it
