@@ -4,9 +4,9 @@
     python -m horovod_powersgd.advisor --model 1024x1568,1024,10x1024 --bandwidth 1gbit --compute-ms 70
     python -m horovod_powersgd.advisor --fit fit.json     # calibrated on your cluster (`calibrate`)
 
-Model of one step (no overlap of communication with backprop assumed, i.e. pessimistic for all):
+Model of one step:
 
-    t_step = t_compute + t_codec + Σ_rounds t_round + σ
+    t_step = t_compute + t_codec + t_exposed
     ring all-reduce of S bytes, k tensors:         t = 2(N−1)/N · S / (η·B) + 2(N−1)·α + β + k·γ
     ring all-gather of s bytes per rank, k tensors: t = (N−1) · s / (η·B) + (N−1)·α + β + k·γ
 
@@ -22,6 +22,19 @@ round of r·max(n, m) (P or Q, padded to one shape), ``two_sided=True`` one roun
 all-gather compressors all-gather their messages
 (SignNorm: signs and a scale, top-k: values and indices) next to a 4-byte placeholder all-reduce per
 tensor, i.e. two rounds.
+
+t_compute is the plain step (forward, backward, update, no Horovod). t_exposed, the communication
+backprop does not hide, depends on what the fit knows of the model:
+
+* with the backprop profile `horovod_powersgd.calibrate` measured on the model (when each gradient
+  is ready, and when backward returns; `Fit.backprop_profile`), the rounds are scheduled as
+  Horovod's background thread runs them (`overlapped_seconds`): the transfers of gradients ready
+  so far go as one fused round per collective, the next round takes what became ready meanwhile;
+  t_exposed = max(0, end of the last such round − end of backward) + the rounds the compressor
+  runs itself after backprop (``Transfer.round`` ≥ 1) + σ;
+* without one (presets, shapes, a fit made without ``--batch``), every round is charged one after
+  the other, none hidden behind backprop (`communicate_seconds`): pessimistic for all, most for
+  uncompressed all-reduce, whose early gradients travel during the rest of backprop.
 
 t_codec = c·d summed over tensors, with c (seconds per element, per compressor; PowerSGD's scales
 with the rank) fitted from this project's measurements, like η and β (see `fit`). The defaults come
@@ -139,12 +152,17 @@ def compressor_for(spec: str):
     return build(spec)
 
 
+def transfers(spec: str, shapes: Sequence[Shape], dtype: str = "float32") -> List[List[wire.Transfer]]:
+    """Every gradient's ``transfers`` as ``spec``'s compressor states them (uncompressed: all-reduced
+    as they are), gradient by gradient."""
+    compressor = compressor_for(spec)
+    return [wire.raw(s, dtype) if compressor is None else compressor.transfers(tuple(s), dtype) for s in shapes]
+
+
 def traffic(spec: str, shapes: Sequence[Shape], dtype: str = "float32") -> Traffic:
     """The rounds one step of ``spec`` runs on gradients of ``shapes``: every gradient's
-    ``transfers`` as its compressor states them (uncompressed: all-reduced as they are), fused."""
-    compressor = compressor_for(spec)
-    per_tensor = [wire.raw(s, dtype) if compressor is None else compressor.transfers(tuple(s), dtype)
-                  for s in shapes]
+    `transfers`, fused."""
+    per_tensor = transfers(spec, shapes, dtype)
     return Traffic(wire.fuse(t for ts in per_tensor for t in ts),
                    sum(numel(s) for s, ts in zip(shapes, per_tensor) if wire.compressed(ts)))
 
@@ -174,6 +192,11 @@ class Fit:
     codec_shapes: Optional[List[List[int]]] = None  # … these gradient shapes
     model: Optional[str] = None  # … of this model (as given to calibrate's --model)
     compute_s: Optional[float] = None  # measured compute per step for codec_shapes' model
+    # when each gradient of codec_shapes is ready, and when backward returns: seconds from the start
+    # of a compute_s step (forward included), the slowest rank's, median over steps
+    gradient_ready_s: Optional[List[float]] = None
+    backward_s: Optional[float] = None
+    cycle_s: Optional[float] = None  # Horovod's cycle time (HOROVOD_CYCLE_TIME) during the calibration
     spread: Dict[str, List[float]] = dataclasses.field(default_factory=dict)  # name -> [p10, p90]
     machine: Dict[str, object] = dataclasses.field(default_factory=dict)  # CPU, cores, BLAS, device…
 
@@ -204,6 +227,17 @@ class Fit:
             return None
         return self.codec_s_per_step[spec]
 
+    def backprop_profile(self, shapes: Sequence[Shape], compute_s: float
+                         ) -> Optional[Tuple[List[float], float]]:
+        """(each gradient's ready time, backward's end) for a step of ``compute_s`` on exactly the
+        calibrated shapes: the measured profile, stretched in proportion to ``compute_s`` against
+        the measured compute; None without a profile of these shapes."""
+        if (self.gradient_ready_s is None or self.backward_s is None or not self.compute_s
+                or not self.calibrated_on(shapes) or len(self.gradient_ready_s) != len(shapes)):
+            return None
+        stretch = compute_s / self.compute_s
+        return [t * stretch for t in self.gradient_ready_s], self.backward_s * stretch
+
 
 def collective_seconds(collective: str, nbytes: float, workers: int, bps: float, fit: Fit,
                        tensors: int = 1) -> float:
@@ -232,6 +266,50 @@ def communicate_seconds(t: Traffic, workers: int, bps: float, fit: Fit) -> float
         return 0.0
     return (sum(collective_seconds(r.collective, r.nbytes, workers, bps, fit, r.tensors) for r in t.rounds)
             + fit.step_overhead_s)
+
+
+#: phases of Horovod's cycle against the step that `overlapped_seconds` averages over
+CYCLE_PHASES = 8
+
+
+def overlapped_seconds(per_tensor: Sequence[Sequence[wire.Transfer]], ready_s: Sequence[float],
+                       backward_s: float, workers: int, bps: float, fit: Fit) -> float:
+    """The communication of one step that backprop does not hide, with gradient ``i`` ready at
+    ``ready_s[i]`` and backward returning at ``backward_s`` (seconds from the step's start).
+
+    Round-0 transfers (started from backprop's hooks) are scheduled as Horovod's background thread
+    runs them: a cycle starts every T = ``fit.cycle_s`` (``HOROVOD_CYCLE_TIME``), or as soon as the
+    previous one's rounds are done if they took longer, and runs one fused round per collective
+    over every transfer queued by then; what becomes ready later waits for a later cycle. A round
+    costs `collective_seconds` less the wait for a cycle's start that β holds (calibrate times
+    each round right after a barrier, i.e. one whole cycle later: min(T, β)). The step's phase
+    against the cycle is not known, so the exposed time is averaged over `CYCLE_PHASES` phases.
+    Exposed: how far the last round-0 round ends after backward, plus every later round
+    (``Transfer.round`` ≥ 1, run after backprop, one after the other, each waiting for its cycle
+    as calibrate's rounds do: `collective_seconds`) and σ."""
+    if workers < 2:
+        return 0.0
+    queue = sorted(((ready, t) for ready, ts in zip(ready_s, per_tensor) for t in ts if t.round == 0),
+                   key=lambda item: item[0])
+    cycle = fit.cycle_s or 0.0
+    waits = min(cycle, fit.round_overhead_s)
+    exposed = []
+    for phase in ([cycle * k / CYCLE_PHASES for k in range(CYCLE_PHASES)] if cycle else [0.0]):
+        cycle_start, done, first = phase - cycle, 0.0, 0
+        while first < len(queue):
+            start = max(cycle_start + cycle, done)
+            if queue[first][0] > start:  # idle cycles until the next gradient is ready
+                start += math.ceil((queue[first][0] - start) / cycle) * cycle if cycle else queue[first][0] - start
+            last = first
+            while last < len(queue) and queue[last][0] <= start:
+                last += 1
+            done = start + sum(collective_seconds(r.collective, r.nbytes, workers, bps, fit, r.tensors) - waits
+                               for r in wire.fuse(t for _, t in queue[first:last]))
+            cycle_start, first = start, last
+        exposed.append(max(0.0, done - backward_s))
+    after = [r for r in wire.fuse(t for ts in per_tensor for t in ts) if r.index > 0]
+    return (sum(exposed) / len(exposed) + fit.step_overhead_s
+            + sum(collective_seconds(r.collective, r.nbytes, workers, bps, fit, r.tensors) for r in after))
 
 
 def codec_key(spec: str) -> str:
@@ -280,7 +358,7 @@ class Prediction:
     spec: str
     compute_s: float
     codec_s: float
-    communicate_s: float
+    communicate_s: float  # the communication backprop does not hide (all of it without a profile)
     bytes_per_step: int
 
     @property
@@ -290,9 +368,12 @@ class Prediction:
 
 def predict(spec: str, shapes: Sequence[Shape], bps: float, workers: int, compute_s: float,
             fit: Optional[Fit] = None, codec_scale: float = 1.0) -> Prediction:
+    """One step of ``spec`` with ``compute_s`` of plain compute; the module docstring has the model."""
     fit = fit or Fit.load()
     t = traffic(spec, shapes)
-    comm = communicate_seconds(t, workers, bps, fit)
+    profile = fit.backprop_profile(shapes, compute_s)
+    comm = (communicate_seconds(t, workers, bps, fit) if profile is None
+            else overlapped_seconds(transfers(spec, shapes), *profile, workers, bps, fit))
     measured = fit.measured_codec(spec, shapes)
     codec = codec_seconds(spec, t, fit, codec_scale) if measured is None else measured * codec_scale
     return Prediction(spec, compute_s, codec, comm, t.total)
@@ -498,6 +579,19 @@ def format_table(rows: List[dict], compare: str) -> str:
     return "\n".join(lines)
 
 
+def describe_overlap(fit_: Fit, shapes: Sequence[Shape], compute_s: float) -> str:
+    """How the table treats communication during backprop, in words."""
+    profile = fit_.backprop_profile(shapes, compute_s)
+    if profile is None:
+        return ("no backprop profile for this model: every round is charged after backprop, none hidden "
+                "(pessimistic, most for uncompressed; calibrate with --batch to measure one)")
+    ready, backward = profile
+    cycle = f", Horovod cycle {fit_.cycle_s * 1e3:g} ms" if fit_.cycle_s else ""
+    return (f"backprop profile: gradients ready {min(ready) * 1e3:.1f}–{max(ready) * 1e3:.1f} ms into the step, "
+            f"backward done at {backward * 1e3:.1f} ms; comm = what the rounds started from backprop do not "
+            f"hide{cycle}")
+
+
 def describe_fit(fit_: Fit) -> str:
     spread = lambda key, unit, f: (f" [{f(fit_.spread[key][0]):.3g}–{f(fit_.spread[key][1]):.3g}]"  # noqa: E731
                                    if key in fit_.spread else "")
@@ -580,6 +674,7 @@ def main(argv=None) -> int:
     print(f"{args.model}: {sum(map(numel, shapes)) / 1e6:.2f}M parameters, {workers} workers, "
           f"{format_rate(bps)} per worker, compute {compute_s * 1e3:.0f} ms/step ({compute_note}), "
           f"codec cost ×{codec_scale:g}; {describe_fit(fit_)}")
+    print(describe_overlap(fit_, shapes, compute_s))
     if not fit_path.is_file():
         print(f"No fit: {fit_path} is missing (a source checkout whose benchmark never ran, or a damaged "
               f"install). Every figure below uses built-in guesses — η={fit_.efficiency:.2f}, "

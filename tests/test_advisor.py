@@ -1,4 +1,5 @@
 """The advisor's cost model: wire sizes, collective times, the fit, and the CLI."""
+import dataclasses
 import math
 
 import pytest
@@ -200,3 +201,73 @@ def test_cli_says_plainly_when_there_is_no_fit(monkeypatch, tmp_path, capsys):
     assert advisor.main(["--model", "fashion_cnn", "--bandwidth", "1gbit", "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert f"No fit: {tmp_path / 'default_fit.json'} is missing" in out and "built-in guesses" in out
+
+
+# ---- the backprop schedule: what a measured profile hides
+CNN = advisor.fashion_cnn_shapes()
+
+
+def test_gradients_all_ready_at_the_end_pay_every_round_as_the_serial_model_does():
+    fit = Fit(0.9, 50e-6, {}, "test", round_overhead_s=2e-3)  # no cycle: a round starts when it can
+    for spec in ("none", "powersgd:rank=2", "signum"):
+        serial = advisor.communicate_seconds(traffic(spec, CNN), 2, 1e9, fit)
+        ready = [0.01] * len(CNN)
+        assert advisor.overlapped_seconds(advisor.transfers(spec, CNN), ready, 0.01, 2, 1e9, fit) == pytest.approx(serial)
+
+
+def test_rounds_that_end_before_backward_cost_nothing_and_later_rounds_always_count():
+    fit = Fit(1.0, 0.0, {}, "test", round_overhead_s=1e-3)
+    ready = [0.0] * len(CNN)
+    assert advisor.overlapped_seconds(advisor.transfers("none", CNN), ready, 10.0, 2, 1e9, fit) == 0.0
+    # classic PowerSGD's second round runs after backprop, hidden or not
+    classic = advisor.transfers("powersgd:rank=2", CNN)
+    after = [r for r in traffic("powersgd:rank=2", CNN).rounds if r.index > 0]
+    assert after and advisor.overlapped_seconds(classic, ready, 10.0, 2, 1e9, fit) == pytest.approx(
+        sum(advisor.collective_seconds(r.collective, r.nbytes, 2, 1e9, fit, r.tensors) for r in after))
+
+
+def test_a_gradient_ready_while_a_round_is_on_the_wire_waits_for_the_next_round():
+    fit = Fit(1.0, 0.0, {}, "test", round_overhead_s=0.0)
+    shapes = [(250_000,), (250_000,)]  # 1 MB each: 1 s at 8 Mbit/s on 2 ranks
+    one = advisor.transfers("none", shapes)
+    assert advisor.overlapped_seconds(one, [0.0, 0.0], 0.0, 2, 8e6, fit) == pytest.approx(2.0)
+    # the second is ready half-way through the first's round: it starts when that round ends
+    assert advisor.overlapped_seconds(one, [0.0, 0.5], 0.5, 2, 8e6, fit) == pytest.approx(1.5)
+    # ready after the first round ended: its own round, from when it is ready
+    assert advisor.overlapped_seconds(one, [0.0, 3.0], 3.0, 2, 8e6, fit) == pytest.approx(1.0)
+
+
+def test_a_round_waits_for_horovods_next_cycle_averaged_over_the_phase():
+    cycle, beta, transfer = 8e-3, 8.5e-3, 1.0
+    fit = Fit(1.0, 0.0, {}, "test", round_overhead_s=beta, cycle_s=cycle)
+    one = advisor.transfers("none", [(250_000,)])
+    # the mean wait for a cycle's start over the phases k·T/8, then the round less the whole cycle
+    # calibrate's rounds (timed right after a barrier) waited in β
+    wait = sum(cycle * k / advisor.CYCLE_PHASES for k in range(advisor.CYCLE_PHASES)) / advisor.CYCLE_PHASES
+    assert advisor.overlapped_seconds(one, [0.0], 0.0, 2, 8e6, fit) == pytest.approx(wait + beta - cycle + transfer)
+
+
+def test_predict_uses_the_profile_on_the_calibrated_shapes_only_stretched_to_the_compute():
+    ready = [0.016, 0.016, 0.013, 0.013, 0.010, 0.010, 0.006, 0.006]  # backprop: the last layer first
+    fit = Fit(0.9, 0.0, {}, "test", round_overhead_s=1e-3, codec_shapes=[list(s) for s in CNN],
+              compute_s=0.02, gradient_ready_s=ready, backward_s=0.017)
+    assert fit.backprop_profile(CNN, 0.04) == (pytest.approx([2 * t for t in ready]), pytest.approx(0.034))
+    assert fit.backprop_profile(CNN[:-1], 0.02) is None
+    serial = dataclasses.replace(fit, gradient_ready_s=None, backward_s=None)
+    hidden = advisor.predict("none", CNN, 1e9, 2, 0.02, fit).communicate_s
+    assert 0 < hidden < advisor.predict("none", CNN, 1e9, 2, 0.02, serial).communicate_s
+    # a longer backprop hides more of the same traffic
+    assert advisor.predict("none", CNN, 1e9, 2, 0.2, fit).communicate_s < hidden
+    assert advisor.predict("none", CNN[:-1], 1e9, 2, 0.02, fit).communicate_s == pytest.approx(
+        advisor.predict("none", CNN[:-1], 1e9, 2, 0.02, serial).communicate_s)
+
+
+def test_the_table_says_whether_backprop_hides_communication(capsys):
+    fit = Fit(0.9, 0.0, {}, "test", round_overhead_s=1e-3, codec_shapes=[list(s) for s in CNN], compute_s=0.02,
+              gradient_ready_s=[0.016] * len(CNN), backward_s=0.017, cycle_s=0.008)
+    assert advisor.describe_overlap(fit, CNN, 0.03) == (  # stretched to the compute asked about
+        "backprop profile: gradients ready 24.0–24.0 ms into the step, backward done at 25.5 ms; comm = what "
+        "the rounds started from backprop do not hide, Horovod cycle 8 ms")
+    assert advisor.describe_overlap(fit, CNN[:2], 0.02).startswith("no backprop profile for this model")
+    assert advisor.main(["--model", "fashion_cnn", "--bandwidth", "1gbit", "--workers", "2"]) == 0
+    assert "no backprop profile for this model: every round is charged after backprop" in capsys.readouterr().out

@@ -115,6 +115,9 @@ class RecordingHorovod:
     def size(self):
         return 2
 
+    def barrier(self):
+        pass
+
     def broadcast_object(self, obj, root_rank=0, name=None):
         self.names.append(name or type(obj).__name__)
         return obj
@@ -218,6 +221,42 @@ def test_refit_reanalyses_a_fit_file(tmp_path):
     assert again.step_overhead_s == pytest.approx(fit.step_overhead_s) and again.step_overhead_s > 0
 
 
+def test_compute_profile_records_when_each_gradient_is_ready_in_backprop():
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))
+    unused = torch.nn.Parameter(torch.zeros(3))  # no gradient in backward: ready when backward is
+    model.register_parameter("unused", unused)
+    x = torch.randn(512, 64)
+    hvd = RecordingHorovod()
+    profile = calibrate.measure_compute(hvd, model, lambda: model(x).pow(2).mean(), budget_s=0.0, min_steps=3)
+    never, first_w, first_b, last_w, last_b = profile.gradient_ready_s  # a module's own parameters first
+    assert 0 < last_b <= last_w < first_w <= profile.backward_s <= profile.step_s  # backprop: the last layer first
+    assert first_b <= profile.backward_s and never == profile.backward_s
+    assert all(not hooks for p in model.parameters() for hooks in [p._post_accumulate_grad_hooks or {}])
+    assert hvd.names.count("horovod_powersgd.calibrate.compute.seconds") == 1
+
+
+def test_the_profile_and_cycle_reach_the_fit_and_survive_a_refit(tmp_path):
+    points = calibrate.measure_network(SyntheticCluster(), budget_s=10.0)
+    network = calibrate.fit_network(points, 2, bootstrap=5)
+    codec = {"none": {"codec_s": 0.0, "synthetic_comm_codec_s": 0.02}}
+    profile = calibrate.ComputeProfile(0.01, 0.009, [0.009, 0.008, 0.004, 0.004])
+    fit = calibrate.build_fit(network, 2, codec, SHAPES, 0.01, None, {"cpu": "test"}, 1.0, "tiny", profile, 0.008)
+    assert fit.gradient_ready_s == profile.gradient_ready_s and fit.backward_s == 0.009 and fit.cycle_s == 0.008
+    assert fit.backprop_profile(SHAPES, 0.01) == (profile.gradient_ready_s, 0.009)
+    calibrate.write_fit(fit, tmp_path / "a.json", {"codec": codec, "seconds": 1.0,
+                                                   "samples": [dataclasses.asdict(p) for p in points]})
+    assert calibrate.main(["--refit", str(tmp_path / "a.json"), "--out", str(tmp_path / "b.json")]) == 0
+    again = Fit.load(tmp_path / "b.json")
+    assert (again.gradient_ready_s, again.backward_s, again.cycle_s) == (fit.gradient_ready_s, 0.009, 0.008)
+    # σ from the synthetic steps, whose rounds wait whole cycles after a barrier: the serial model's
+    serial = advisor.communicate_seconds(advisor.traffic("none", SHAPES), 2, fit.bandwidth_bps,
+                                         dataclasses.replace(fit, step_overhead_s=0.0))
+    assert fit.step_overhead_s == pytest.approx(0.02 - serial) and again.step_overhead_s == pytest.approx(0.02 - serial)
+
+
 def test_model_from_module_function():
     shapes, model = calibrate.resolve_model("tests.test_calibrate:tiny_model")
     assert shapes == [(16, 32), (16,)] and model is not None
@@ -263,7 +302,12 @@ def test_two_rank_calibration_writes_a_usable_fit(tmp_path, capsys, launcher, mo
     assert data["bandwidth_bps"] > 0 and data["round_overhead_s"] >= 0 and data["latency_s"] >= 0
     assert set(data["codec_s_per_step"]) == {"none", "fp16", "powersgd:rank=2", "signum", "topk:ratio=0.01"}
     assert all(v >= 0 for v in data["codec_s_per_step"].values())
-    assert data["compute_s"] > 0
+    assert data["compute_s"] > 0 and data["cycle_s"] > 0
+    if "--batch" in extra:  # the backprop profile: the Linear's bias and weight, ready in backward
+        assert len(data["gradient_ready_s"]) == 2
+        assert 0 < max(data["gradient_ready_s"]) <= data["backward_s"] <= data["compute_s"]
+    else:
+        assert data["gradient_ready_s"] is None and data["backward_s"] is None
     assert {"allreduce", "allgather"} == {s["op"] for s in data["calibration"]["samples"]}
     shapes_arg = model if launcher == "gloo" else "16x32,16"
     assert advisor.main(["--fit", str(out), "--model", shapes_arg, "--compute-ms", "5"]) == 0
