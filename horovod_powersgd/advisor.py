@@ -307,9 +307,8 @@ def overlapped_seconds(per_tensor: Sequence[Sequence[wire.Transfer]], ready_s: S
                                for r in wire.fuse(t for _, t in queue[first:last]))
             cycle_start, first = start, last
         exposed.append(max(0.0, done - backward_s))
-    after = [r for r in wire.fuse(t for ts in per_tensor for t in ts) if r.index > 0]
-    return (sum(exposed) / len(exposed) + fit.step_overhead_s
-            + sum(collective_seconds(r.collective, r.nbytes, workers, bps, fit, r.tensors) for r in after))
+    after = Traffic([r for r in wire.fuse(t for ts in per_tensor for t in ts) if r.index > 0])
+    return sum(exposed) / len(exposed) + communicate_seconds(after, workers, bps, fit)  # σ included
 
 
 def codec_key(spec: str) -> str:

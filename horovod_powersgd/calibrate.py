@@ -646,6 +646,7 @@ def main(argv=None) -> int:
             print("calibrate: run it on 2+ ranks under your launcher (horovodrun -np N, mpirun -np N): "
                   "one process has no network to measure", file=sys.stderr)
         return 2
+    cycle_s = horovod_cycle_seconds()  # read before measuring: a bad value fails every rank at once, early
     shapes, model = resolve_model(args.model)
     if args.batch and model is None:
         raise SystemExit("calibrate: --batch needs --model module:function that builds a torch model")
@@ -686,7 +687,7 @@ def main(argv=None) -> int:
     machine = machine_info(hvd, device)
     link = advisor.parse_rate(args.link_rate) if args.link_rate else None
     fit_ = build_fit(network, hvd.size(), codec, shapes, compute_s, link, machine, seconds, args.model, profile,
-                     horovod_cycle_seconds())
+                     cycle_s)
     if rank0:
         write_fit(fit_, args.out, {
             "model": args.model, "seconds": seconds, "budget_s": args.budget,
