@@ -22,11 +22,21 @@ from horovod_powersgd import advisor
 
 def median_gap(slower: list, faster: list, resamples: int = 2000, seed: int = 0) -> tuple:
     """How much slower (relative) the median of ``slower``'s step times is than ``faster``'s, with
-    a 95 % bootstrap interval over steps: (gap, low, high). An interval that holds 0 means the
-    run cannot tell the two apart."""
+    a 95 % bootstrap interval: (gap, low, high). An interval that holds 0 means the run cannot tell
+    the two apart.
+
+    Lists of equal length are the side-by-side rounds of `benchmarks.rounds` (step i of each spec
+    timed in the same round, moments apart), so the bootstrap resamples rounds, the same ones for
+    both: a slow spell of the host that lengthens every spec's step of a round moves both medians
+    together instead of widening the interval. Lists of unequal length are resampled apart."""
     rng = np.random.default_rng(seed)
     a, b = np.asarray(slower), np.asarray(faster)
-    gaps = [np.median(rng.choice(a, a.size)) / np.median(rng.choice(b, b.size)) - 1 for _ in range(resamples)]
+    paired = a.size == b.size
+    gaps = []
+    for _ in range(resamples):
+        rounds_a = rng.integers(0, a.size, a.size)
+        rounds_b = rounds_a if paired else rng.integers(0, b.size, b.size)
+        gaps.append(np.median(a[rounds_a]) / np.median(b[rounds_b]) - 1)
     low, high = np.percentile(gaps, [2.5, 97.5])
     return float(np.median(a) / np.median(b) - 1), float(low), float(high)
 
