@@ -136,6 +136,12 @@ class Backend(abc.ABC):
 
         return gram_schmidt(self, factor_t, epsilon)
 
+    def row_norms(self, matrix):
+        """The Euclidean norm of each row of a 2-D tensor, as an r×1 column (broadcasts against the
+        matrix). Default: one `sum` per row."""
+        norms = [self.sqrt(self.sum(row * row)) for row in self.rows(matrix)]
+        return self.reshape(self.stack_rows(norms), (-1, 1))
+
     def pad(self, flat, length: int):
         """A 1-D tensor zero-padded at the end to ``length`` elements."""
         raise NotImplementedError(f"{type(self).__name__} has no pad")

@@ -24,6 +24,7 @@ Reliability rules every compressor follows (README, "Where it refuses"):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Dict, List
 
 from .agreement import check_agreement
@@ -100,6 +101,7 @@ class Compressor:
                 f"share one compressor object); use one compressor per optimizer")
         if not self._in_flight:
             self._stats.begin_step()
+            self._read_loss_scale()
         self._in_flight.add(identity.name)
         shape = tuple(self.backend.shape(tensor))
         wire, ctx = self._compress(tensor, Ctx(identity, shape, dtype, compressed=True))
@@ -216,6 +218,22 @@ class Compressor:
         """Count a step whose reduced result was not finite (graph backends override: a variable)."""
         if not bool(finite):
             self._stats.nonfinite_steps += 1
+            self._warn_unknown_loss_scale()
+
+    def _warn_unknown_loss_scale(self) -> None:
+        """Once: a non-finite step while no loss scale was ever given. Under a loss scaler that
+        means an overflow, after which the scale changes, and buffers in gradient units would then
+        be added to gradients of another scale."""
+        if self._scaled_slots() and getattr(self, "_loss_scale", None) is None \
+                and not getattr(self, "_warned_loss_scale", False):
+            self._warned_loss_scale = True
+            warnings.warn(
+                f"{type(self).__name__}: a step's reduced gradient was not finite (skipped, state "
+                f"kept), and this compressor was never told the loss scale. If a loss scaler (AMP) "
+                f"is at work, its buffers must follow the scale: call "
+                f"compression.follow_loss_scale(scaler) once before training (or "
+                f"set_loss_scale(scale) before every step).", RuntimeWarning,
+                stacklevel=3)
 
     def _scaled_slots(self):
         """Slots holding values in units of the gradient (error buffers, momentum): what a change
@@ -237,13 +255,44 @@ class Compressor:
             b.write_state(slot, b.read_state(slot) * float(factor))
 
     def set_loss_scale(self, scale: float) -> None:
-        """Tell the compressor the loss scale the *next* step's gradients are multiplied by (e.g.
-        ``scaler.get_scale()`` after ``scaler.update()``); buffers are rescaled when it changed."""
+        """Tell the compressor the loss scale that the *next* step's gradients are multiplied by;
+        buffers are rescaled when it changed since the last call. The first call only records it,
+        so it must come before the first step (then before or after every step, as long as no step
+        runs in between a change of scale and the call). `follow_loss_scale` makes the calls."""
         scale = float(scale)
         previous = getattr(self, "_loss_scale", None)
         if previous is not None and scale != previous:
             self.rescale_state(scale / previous)
         self._loss_scale = scale
+
+    def follow_loss_scale(self, scale):
+        """Read the loss scale of every step from ``scale`` — a zero-argument callable returning
+        it, or an object with ``get_scale()`` (PyTorch's ``GradScaler``) — at the step's first
+        gradient, before any buffer is read: `set_loss_scale` with the scale that step's gradients
+        were computed in, so the buffers are always in the units of the gradients they are added
+        to, for any schedule of the scaler (growth, backoff after an overflow, ``update(new_scale=)``).
+        Returns the compressor. On a GPU, ``GradScaler.get_scale()`` reads the scale to the host:
+        one synchronization per step.
+
+        Graph backends (TensorFlow inside ``tf.function``) cannot call back into Python per step:
+        call ``set_loss_scale(float(opt.loss_scale))`` before every step there instead."""
+        if not self.backend.deferred:
+            raise TypeError(f"{type(self).__name__}.follow_loss_scale: the step runs in a graph, "
+                            f"which cannot read the scale through Python each step; call "
+                            f"set_loss_scale(float(optimizer.loss_scale)) before every step")
+        reader = getattr(scale, "get_scale", scale)
+        if not callable(reader):
+            raise TypeError(f"{type(self).__name__}.follow_loss_scale: expected a callable returning "
+                            f"the loss scale or an object with get_scale() (a GradScaler), got "
+                            f"{type(scale).__name__}")
+        self._scale_reader = reader
+        return self
+
+    def _read_loss_scale(self) -> None:
+        """At a step's first gradient: the scale it was computed in (`follow_loss_scale`)."""
+        reader = getattr(self, "_scale_reader", None)
+        if reader is not None:
+            self.set_loss_scale(reader())
 
     # ------------------------------------------------------------------ agreement across ranks
     def _agree(self, identity: TensorIdentity, like) -> None:
@@ -292,6 +341,8 @@ class Compressor:
         if self._in_flight:
             raise RuntimeError("state_dict() called in the middle of a step (tensors in flight)")
         return {"compressor": type(self).__name__, "config": self.config(),
+                # the loss scale the buffers are in (None: never given), shared by all ranks
+                "loss_scale": getattr(self, "_loss_scale", None),
                 "tensors": {name: self._export_tensor_state(state)
                             for name, state in sorted(self._tensors.items())}}
 
@@ -304,6 +355,8 @@ class Compressor:
                              f"compressor has {self.config()}")
         self._tensors = {name: self._import_tensor_state(name, value)
                          for name, value in state_dict["tensors"].items()}
+        if state_dict.get("loss_scale") is not None:  # absent from state saved without one
+            self._loss_scale = float(state_dict["loss_scale"])
         self._abandon_step()
         self._restored_names = set(self._tensors)
         self._agreed = False  # another rank may have restored something else: check again

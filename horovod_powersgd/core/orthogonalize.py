@@ -53,3 +53,18 @@ def gram_schmidt(backend: Backend, factor_t, epsilon: float):
         kept = norm > epsilon
         done.append(b.where(kept, row / b.where(kept, norm, norm * 0 + 1), row * 0))
     return b.stack_rows(done)
+
+
+def renew_rows(backend: Backend, factor_t, seed_t, epsilon: float):
+    """The shared factor a warm-started step multiplies by: each row f_j of ``factor_t`` (r×s) as
+    it is where ‖f_j‖ > ``epsilon``, else row j of ``seed_t`` (the seeded initial factor).
+
+    Why a seed: a row with no content left — the reduced factor had nothing in that direction,
+    after an all-zero gradient (an unused layer, a zero-initialised layer above) or one of rank
+    below r — would stay zero for good, since every later product M·0 is 0: the layer would never
+    train again in that direction. The decision reads nothing but the all-reduced factor (and the
+    seed, the same everywhere), so every rank makes it alike, on the device, without a host
+    round trip. Rows with content are left exactly as they are, so a step with no empty row
+    computes what plain warm start computes, bit for bit."""
+    b = backend
+    return b.where(b.row_norms(factor_t) > epsilon, factor_t, seed_t)

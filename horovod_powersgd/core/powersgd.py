@@ -75,6 +75,17 @@ A step whose all-reduced factor is not finite (an inf/NaN gradient on any rank, 
 loss scaling) leaves every piece of state as it was — error, factors, step counter — and hands the
 non-finite gradient on so that the loss scaler skips the step. All ranks see the same reduced
 factor, so all make the same decision.
+
+Zero and rank-deficient gradients. A layer whose averaged gradient is exactly zero for a step (a
+branch not taken, the layer below a zero-initialised head) reduces to a zero factor; as a warm start
+it would make every later product M·0 zero, and the layer would never train again. So each step
+multiplies by the previous factor *renewed* (`renew_rows`): a row of norm ≤ ε — no direction left,
+after a zero gradient or one of rank below r — is replaced by the same row of the seeded initial
+factor; every other row is kept as it is. The rule reads only all-reduced values and the seed, so
+every rank applies it alike, on the device, with no host round trip; it is a function of the
+checkpointed factor, so a resumed or elastically synchronized run renews exactly as the original.
+While a layer gets no gradient its error buffer is
+kept: the compressed steps go on delivering it, so the ranks' mean error only shrinks.
 """
 from __future__ import annotations
 
@@ -87,8 +98,8 @@ import numpy as np
 from . import arguments
 from .backend import Backend, ReduceOp, compute_dtype, itemsize
 from .compressor import Compressor, Ctx, export_value
-from .orthogonalize import orthogonalize
-from .shapes import matrix_shape
+from .orthogonalize import orthogonalize, renew_rows
+from .shapes import matrix_shape, numel
 from .wire import Transfer, Wire, raw
 
 
@@ -150,6 +161,7 @@ class _TensorState:
     # eager backends: the error buffer the last finite step retired, reused as the next output
     # (a fresh n×m buffer costs its page faults on every step, more than the product written to it)
     spare: object = None
+    seeds: dict = dataclasses.field(default_factory=dict)  # eager: `PowerSGD._seed_rows` by side
 
 
 @dataclasses.dataclass
@@ -276,23 +288,49 @@ class PowerSGD(Compressor):
 
     def _shared_t(self, name: str, state: _TensorState, side: str, like, compressed_step,
                   dtype: str):
-        """The factor that this step orthogonalizes and multiplies with, transposed (``side`` "q":
-        r×m Qᵀ, "p": r×n Pᵀ): last step's reduced one (warm start), or a seeded Gaussian that every
-        rank draws alike (the first step; every step without warm start). The alternating scheme's
-        P starts at zero instead: its first P̂ comes from a P-step's result, never from a seed."""
+        """The factor that this step multiplies with, transposed (``side`` "q": r×m Qᵀ, "p": r×n
+        Pᵀ): with warm start, last step's reduced one renewed by `renew_rows` (a seeded row
+        wherever it has no direction left, so that a zero or rank-deficient gradient never
+        stops the layer for good); without, a seeded Gaussian that every rank draws alike."""
         b = self.backend
         size = state.matrix[1 if side == "q" else 0]
         if not self.cfg.warm_start:
             key = zlib.crc32(self._stream(side, size, state.rank).encode())
             return b.cast(b.seeded_normal((state.rank, size), key, compressed_step, like=like), dtype)
-        if getattr(state, side) is None:
-            if side == "p" and self.cfg.alternate:
-                initial = b.zeros((state.rank, size), dtype, like=like)
-            else:
-                seeded = np.ascontiguousarray(self.initial_factor(size, state.rank, side=side).T)
-                initial = b.cast(b.from_numpy(seeded, like=like), dtype)
-            setattr(state, side, self._new_slot(initial, f"{name}/{side}"))
-        return b.to_device_of(b.read_state(getattr(state, side)), like)
+        self._factor_slot(name, state, side, like, dtype)
+        factor = b.to_device_of(b.read_state(getattr(state, side)), like)
+        return renew_rows(b, factor, self._seed_rows(state, side, like, dtype),
+                          self.cfg.orthogonalization_epsilon)
+
+    def _factor_slot(self, name: str, state: _TensorState, side: str, like, dtype: str) -> None:
+        """Create the warm-start slot of ``side`` at first use: the seeded initial factor. The
+        alternating scheme's P starts at zero instead: it is only read after a P-step wrote it."""
+        if getattr(state, side) is not None:
+            return
+        b = self.backend
+        size = state.matrix[1 if side == "q" else 0]
+        if side == "p" and self.cfg.alternate:
+            initial = b.zeros((state.rank, size), dtype, like=like)
+        else:
+            seeded = np.ascontiguousarray(self.initial_factor(size, state.rank, side=side).T)
+            initial = b.cast(b.from_numpy(seeded, like=like), dtype)
+        setattr(state, side, self._new_slot(initial, f"{name}/{side}"))
+
+    def _seed_rows(self, state: _TensorState, side: str, like, dtype: str):
+        """The seeded initial factor of ``side``, transposed: what `renew_rows`
+        puts where a row has no direction left. Derived from the configuration and the shape
+        alone (never checkpointed); eager backends keep it on the device, graph backends embed it
+        as a constant."""
+        cached = state.seeds.get(side)
+        if cached is not None:
+            return cached
+        b = self.backend
+        size = state.matrix[1 if side == "q" else 0]
+        seed = np.ascontiguousarray(self.initial_factor(size, state.rank, side=side).T)
+        rows = b.cast(b.from_numpy(seed, like=like), dtype)
+        if b.deferred:
+            state.seeds[side] = rows
+        return rows
 
     def _error(self, name: str, state: _TensorState, like, dtype: str):
         b = self.backend
@@ -363,7 +401,8 @@ class PowerSGD(Compressor):
         else:
             send, rows = (lambda: b.cond(sends_p, p_step, q_step)), state.rank
             if self.cfg.warm_start:  # both factor slots exist before any branch writes one
-                self._shared_t(name, state, "p", M, compressed_step, dtype)
+                self._factor_slot(name, state, "p", M, dtype)
+                self._factor_slot(name, state, "q", M, dtype)
         if b.deferred:
             wire, left, right = send()
         else:
@@ -463,7 +502,11 @@ class PowerSGD(Compressor):
         if b.deferred:
             return from_factors()
         return b.cond(step < self.cfg.start_step,
-                      lambda: self._warmup_done(state, step, b.reshape(reduced, ctx.shape), ctx),
+                      # sliced to the gradient's size: TensorFlow raised on this branch's reshape in
+                      # compressed steps whose wire is longer than the gradient (two-sided at a
+                      # lossless rank)
+                      lambda: self._warmup_done(state, step,
+                                                b.reshape(reduced[:numel(ctx.shape)], ctx.shape), ctx),
                       from_factors)
 
     def _warmup_done(self, state: _TensorState, step, reduced_gradient, ctx: Ctx):
@@ -589,8 +632,11 @@ class PowerSGD(Compressor):
         for job, Q in zip(jobs, self._fused_allreduce(jobs, [job.Q for job in jobs], "Q0")):
             job.Q = Q
         for iteration in range(1, self.cfg.power_iterations):
-            P = self._fused_allreduce(jobs, [self._wire(b.matmul(job.Q, job.M, transpose_b=True))
-                                   for job in jobs], f"P{iteration}")
+            # the reduced Q̄ renewed as a step's first factor is (`renew_rows`)
+            P = self._fused_allreduce(
+                jobs, [self._wire(b.matmul(renew_rows(b, job.Q, self._seed_rows(
+                    job.state, "q", job.M, compute_dtype(job.ctx.dtype)), eps), job.M,
+                    transpose_b=True)) for job in jobs], f"P{iteration}")
             for job, P_reduced in zip(jobs, P):
                 job.P_hat = orthogonalize(b, P_reduced, eps)
             Q = self._fused_allreduce(jobs, [self._wire(b.matmul(job.P_hat, job.M)) for job in jobs],

@@ -41,8 +41,10 @@ class SignNorm(StatefulCompressor):
         slots = self._slots(ctx, like=g)
         # p and then the next error in the gradient's own memory where the framework allows
         p = b.add_(g, self._read(slots, "error", g))
-        guard = placeholder(b, like=p)
         scale = b.reshape(b.sum(b.abs(p)) / d, (1,))
+        # the scale is non-finite when p is, and also when ‖p‖₁ alone overflows: the error it
+        # would leave must not be committed either
+        guard = placeholder(b, like=scale)
         packed = b.pack_signs(p)
         sent = b.signed_sum(b.reshape(packed, (1, -1)), d, b.cast(scale, dtype))  # Δ from the bits
         self._stage_write(slots["error"], b.sub_(p, sent))

@@ -18,7 +18,9 @@ class Signum(StatefulCompressor):
 
     Per rank and step: v ← β·v + (1−β)·g (local momentum, zero at first); send the signs of v
     (1 bit per element, bit set where v ≥ 0, packed to ⌈d/8⌉ bytes) by all-gather; every rank
-    returns vote = sign(Σ_i sign_i(v)) ∈ {−1, 0, +1} (0 where the ranks tie).
+    returns vote = sign(Σ_i sign_i(v)) ∈ {−1, 0, +1} (0 where the ranks tie, and everywhere in a tensor
+    whose momentum is zero on every rank: one bit per element cannot say 0, so each rank also adds
+    1 to the placeholder it all-reduces when its momentum is not all zero).
     Wire: ⌈d/8⌉ bytes all-gathered + a 4-byte placeholder all-reduce, i.e. 1 + 32/d bits per element.
     Biased, no error feedback. The result is a vote, not an average: it is the same for
     op=hvd.Average and hvd.Sum, its magnitude is 1, and the momentum already lives here — use it with
@@ -50,7 +52,10 @@ class Signum(StatefulCompressor):
         v = b.lerp_(g, self._read(slots, "momentum", g), self.momentum)
         self._stage_write(slots["momentum"], v)
         ctx.payload = start_allgather(self, b.pack_signs(v), "signum", ctx.identity)
-        return placeholder(b, like=g), ctx
+        # + 1 where this rank's momentum has a non-zero element: the reduced placeholder is then
+        # > 0 exactly when some rank takes part in the vote (NaN when one overflowed)
+        active = b.cast(b.reshape(b.where(b.sum(b.abs(v)) > 0, 1.0, 0.0), (1,)), "float32")
+        return placeholder(b, like=g) + active, ctx
 
     def _decompress(self, _placeholder, ctx: Ctx):
         b = self.backend
@@ -58,5 +63,7 @@ class Signum(StatefulCompressor):
         ctx.payload = None
         ones = b.from_numpy(np.ones(ctx.identity.group_size, np.float32), like=rows)
         votes = b.signed_sum(rows, numel(ctx.shape), ones)  # Σ_i s_i: a vote, not an average
-        return restore(b, b.sign_(votes), ctx)
+        # a tensor whose momentum is zero on every rank (a parameter no rank has used yet) stays
+        # put, instead of moving by the +1 that its zero bits encode
+        return restore(b, b.where(_placeholder > 0, b.sign_(votes), votes * 0), ctx)
 

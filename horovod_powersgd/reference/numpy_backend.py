@@ -64,6 +64,9 @@ class NumpyBackend(Backend):
     def concat(self, tensors):
         return np.concatenate(list(tensors), axis=0)
 
+    def row_norms(self, matrix):
+        return np.linalg.norm(matrix, axis=1, keepdims=True)
+
     # In place like PyTorch, so the reference exercises the same buffer reuse as the fast path.
     def outer(self, left_t, right_t, out=None):
         return np.matmul(np.transpose(left_t), right_t, out=out)

@@ -112,6 +112,9 @@ class TensorFlowBackend(Backend):
     def concat(self, tensors):
         return tf.concat(list(tensors), axis=0)
 
+    def row_norms(self, matrix):
+        return tf.norm(matrix, axis=1, keepdims=True)
+
     def pad(self, flat, length):
         return tf.pad(flat, [[0, length - int(flat.shape[0])]])
 

@@ -76,6 +76,9 @@ class TorchBackend(Backend):
     def concat(self, tensors):
         return torch.cat(list(tensors), dim=0)
 
+    def row_norms(self, matrix):
+        return torch.linalg.vector_norm(matrix, dim=1, keepdim=True)
+
     # Products: the forms below are the fast ones measured with MKL (README, "The codec at the
     # memory floor"): `P @ Q.t()` or `torch.mm(..., out=)` ran up to 2x slower than ``addmm_``, and
     # for r <= 2 r rank-1 updates (BLAS ger) 1.9x faster than MKL's k = 2 GEMM on AVX-512.

@@ -33,3 +33,19 @@ def test_wire_bytes_are_signs_scale_and_placeholder():
     assert compressor.stats.last_step.sent == (9 + 4 + 4) + (1 + 4 + 4)
     assert compressor.wire_bytes((10, 7), "float64") == 9 + 8 + 4
 
+
+
+def test_a_scale_that_overflows_skips_the_step_and_keeps_the_error():
+    """Finite elements whose ‖p‖₁ overflows float32: the step is handed on as non-finite and the
+    error buffer keeps its value, instead of becoming p − inf·sign(p) for good."""
+    big = np.full(64, 3e37, np.float32)
+
+    def gradient(rank, step):
+        return {"g": big if step == 1 else np.ones(64, np.float32)}
+
+    results = simulate(SignNorm, 3, gradient)
+    compressor = results[0][1]
+    outputs = results[0][0]
+    assert not np.isfinite(outputs[1]["g"]).all()
+    assert compressor.stats.nonfinite_steps == 1
+    assert np.isfinite(outputs[2]["g"]).all()

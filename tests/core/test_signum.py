@@ -67,3 +67,18 @@ def test_pack_unpack_signs_round_trip(values):
     assert packed.dtype == np.uint8 and packed.shape == (-(-len(x) // 8),)
     np.testing.assert_array_equal(backend.unpack_signs(packed.reshape(1, -1), len(x))[0],
                                   np.where(x >= 0, 1.0, -1.0))
+
+
+def test_a_tensor_zero_on_every_rank_stays_put():
+    """Zero bits read as +1: without the placeholder's count of ranks with momentum, a parameter no
+    rank ever used would move by −lr every step. (A rank whose momentum alone is zero still
+    votes +1: one bit per element cannot abstain.)"""
+    def gradient(rank, step):
+        return {"unused": np.zeros(5, np.float32),
+                "one": np.full(5, -1.0 if rank == 0 else 0.0, np.float32)}
+
+    results = simulate(lambda b: Signum(b, momentum=0.9), 3, gradient)
+    assert_identical_across_ranks(results)
+    for out in results[0][0]:
+        np.testing.assert_array_equal(out["unused"], 0)
+        np.testing.assert_array_equal(out["one"], 0)  # −1 against the zero rank's +1 bit: a tie

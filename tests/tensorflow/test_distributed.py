@@ -11,3 +11,8 @@ FILES = ["tests/tensorflow/distributed/mp_powersgd_tf.py", "tests/tensorflow/dis
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_two_ranks(launcher, test_file):
     run_pytest(launcher, test_file, np=2, timeout=500)
+
+
+def test_zero_gradient_layers_two_ranks():
+    """The zero-gradient cases go through the same adapter code under either launcher: Gloo only."""
+    run_pytest("gloo", "tests/tensorflow/distributed/mp_degenerate_tf.py", np=2, timeout=500)

@@ -5,7 +5,7 @@ from tests.launch import LAUNCHERS, run_pytest
 
 FILES = ["tests/torch/distributed/mp_powersgd.py", "tests/torch/distributed/mp_powersgd_robustness.py",
          "tests/torch/distributed/mp_training.py", "tests/torch/distributed/mp_baselines.py",
-         "tests/torch/distributed/mp_reliability.py"]
+         "tests/torch/distributed/mp_reliability.py", "tests/torch/distributed/mp_degenerate.py"]
 
 
 @pytest.mark.parametrize("test_file", FILES)

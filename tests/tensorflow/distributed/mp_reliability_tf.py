@@ -131,8 +131,8 @@ def test_checkpoint_restored_into_a_smaller_model_fails_loudly(hvd, tmp_path_fac
 def test_keras_loss_scale_optimizer_with_mixed_precision(hvd):
     """mixed_float16 + Keras' LossScaleOptimizer in a custom loop: the compressor sees the scaled
     float32 gradients; rank 1's loss overflows at step 10 of 24, every rank skips that step (the
-    scale halves, ``set_loss_scale`` rescales the error buffers), the 13 later steps are finite and
-    applied, and the weights are identical on both ranks after every step."""
+    scale halves, ``set_loss_scale`` before the next step rescales the error buffers), the 13 later
+    steps are finite and applied, and the weights are identical on both ranks after every step."""
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = keras.Sequential([keras.layers.Dense(32, activation="tanh", input_shape=(16,)),
@@ -141,6 +141,8 @@ def test_keras_loss_scale_optimizer_with_mixed_precision(hvd):
         keras.mixed_precision.set_global_policy("float32")
     hvd.broadcast_variables(model.variables, root_rank=0)
     compression = PowerSGD(rank=2)
+    with pytest.raises(TypeError, match="set_loss_scale"):
+        compression.follow_loss_scale(lambda: 1.0)  # a tf.function cannot read it per step
     opt = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(0.05))
 
     @tf.function
@@ -156,9 +158,9 @@ def test_keras_loss_scale_optimizer_with_mixed_precision(hvd):
     finite, scales = [], []
     for s in range(24):
         x, y = data(hvd, s)
+        compression.set_loss_scale(float(opt.loss_scale))  # the scale this step is computed in
         grads = step(x, y, np.float32(np.inf if (s == 10 and hvd.rank() == 1) else 1.0))
         finite.append(all(np.isfinite(g.numpy()).all() for g in grads))
-        compression.set_loss_scale(float(opt.loss_scale))
         scales.append(float(opt.loss_scale))
         weights = np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
         copies = hvd.allgather(tf.constant(weights[None])).numpy()

@@ -117,3 +117,39 @@ def test_restored_state_with_matching_names_is_accepted(hvd):
     opt = make_optimizer(hvd, model, restored, lr=0.1)
     one_step(hvd, model, opt, step=1)
     assert restored.stats.steps == 1
+
+
+@pytest.mark.parametrize("spec", ["powersgd", "powersgd-two_sided", "topk"])
+def test_following_a_grad_scaler_equals_training_without_one(hvd, spec):
+    """A scaler whose scale doubles after every step (growth_interval=1: it changes at the very first
+    update) and, read by ``follow_loss_scale``, error buffers always in the units of the gradients
+    they meet: powers of two scale exactly, so the weights equal an unscaled run's."""
+    make = {"powersgd": lambda: PowerSGD(rank=2), "topk": lambda: TopK(ratio=0.1),
+            "powersgd-two_sided": lambda: PowerSGD(rank=2, two_sided=True)}[spec]
+
+    def train(scaled):
+        model = mlp()
+        compression = make()
+        opt = make_optimizer(hvd, model, compression, lr=0.05)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4, growth_interval=1)
+        if scaled:
+            compression.follow_loss_scale(scaler)
+        for step in range(8):
+            x, y = batch(hvd, step)
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            if not scaled:
+                loss.backward()
+                opt.step()
+                continue
+            scaler.scale(loss).backward()
+            opt.synchronize()
+            scaler.unscale_(opt)
+            with opt.skip_synchronize():
+                scaler.step(opt)
+            scaler.update()
+        assert scaler.get_scale() == (2.0 ** 12 if scaled else 2.0 ** 4)
+        return [p.detach() for p in model.parameters()]
+
+    for a, b in zip(train(scaled=True), train(scaled=False)):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), float((a - b).abs().max())

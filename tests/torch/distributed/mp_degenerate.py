@@ -1,0 +1,81 @@
+"""Layers whose gradient is exactly zero for a step, on 2 real ranks (PyTorch), each run beside the
+same training under ``hvd.Compression.none``: a zero-initialised head (the layer below gets a zero
+gradient at step 0), a branch not taken at step 0, a branch not taken for steps 3-5. At a rank that
+is lossless every scheme must match the uncompressed run; at rank 2 the layer must train on."""
+import pytest
+import torch
+
+from horovod_powersgd.torch import PowerSGD
+
+from helpers import assert_identical_across_ranks, make_optimizer
+from tests.powersgd_schemes import SCHEMES, every_scheme
+
+WIDTH = 8  # square layers: every scheme is lossless at rank 8 (the alternating one needs n = m)
+STEPS = 12
+
+
+class TwoBranches(torch.nn.Module):
+    """input → hidden → head, plus a side branch taken only on the steps ``uses_side`` allows."""
+
+    def __init__(self, zero_head: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.hidden = torch.nn.Linear(WIDTH, WIDTH)
+        self.side = torch.nn.Linear(WIDTH, WIDTH)
+        self.head = torch.nn.Linear(WIDTH, WIDTH)
+        if zero_head:
+            torch.nn.init.zeros_(self.head.weight)
+
+    def forward(self, x, use_side: bool):
+        h = torch.tanh(self.hidden(x))
+        if use_side:
+            h = h + torch.tanh(self.side(x))
+        return self.head(h)
+
+
+CASES = {"zero-initialised head": (True, set()), "side branch unused at step 0": (False, {0}),
+         "side branch unused at steps 3-5": (False, {3, 4, 5})}
+WATCHED = {"zero-initialised head": "hidden", "side branch unused at step 0": "side",
+           "side branch unused at steps 3-5": "side"}
+
+
+def train(hvd, case, compression):
+    """The weights of the watched layer after every step."""
+    zero_head, unused = CASES[case]
+    model = TwoBranches(zero_head)
+    opt = make_optimizer(hvd, model, compression, lr=0.1)
+    watched = getattr(model, WATCHED[case]).weight
+    trajectory = [watched.detach().clone()]
+    for step in range(STEPS):
+        g = torch.Generator().manual_seed(100 * hvd.rank() + step)
+        x, y = torch.randn(16, WIDTH, generator=g), torch.randn(16, WIDTH, generator=g)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x, use_side=step not in unused), y).backward()
+        opt.step()
+        trajectory.append(watched.detach().clone())
+    for p in model.parameters():
+        assert_identical_across_ranks(hvd, p.detach())
+    return trajectory
+
+
+def moved_after(trajectory, first=6):
+    return float((trajectory[-1] - trajectory[first]).norm())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@every_scheme
+def test_at_a_lossless_rank_the_layer_trains_as_uncompressed(hvd, case, scheme):
+    exact = train(hvd, case, hvd.Compression.none)
+    compressed = train(hvd, case, PowerSGD(rank=WIDTH, min_compression_rate=0.01, **SCHEMES[scheme]))
+    assert moved_after(exact) > 1e-4  # the layer does train uncompressed
+    for step, (a, b) in enumerate(zip(exact, compressed)):
+        assert torch.allclose(a, b, atol=1e-5), (step, float((a - b).abs().max()))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@every_scheme
+def test_at_rank_2_the_layer_moves_at_least_half_as_far_as_uncompressed(hvd, case, scheme):
+    exact = train(hvd, case, hvd.Compression.none)
+    compressed = train(hvd, case, PowerSGD(rank=2, min_compression_rate=0.01, **SCHEMES[scheme]))
+    assert moved_after(compressed) >= 0.5 * moved_after(exact), (moved_after(compressed),
+                                                                 moved_after(exact))
