@@ -63,6 +63,9 @@ class Compressor:
         self._staged: list = []  # (slot, new value) written at the end of the step if it was finite
         self._guarded: list = []  # eager: outputs to poison in place at the step's end if it was not
         self._step_finite: list = []  # one boolean scalar per reduced tensor of the current step
+        self._loss_scale = None  # the loss scale the buffers are in (None: never given)
+        self._scale_reader = None  # `follow_loss_scale`'s source of each step's scale
+        self._warned_loss_scale = False
 
     @property
     def stats(self) -> CompressionStats:
@@ -224,8 +227,7 @@ class Compressor:
         """Once: a non-finite step while no loss scale was ever given. Under a loss scaler that
         means an overflow, after which the scale changes, and buffers in gradient units would then
         be added to gradients of another scale."""
-        if self._scaled_slots() and getattr(self, "_loss_scale", None) is None \
-                and not getattr(self, "_warned_loss_scale", False):
+        if self._scaled_slots() and self._loss_scale is None and not self._warned_loss_scale:
             self._warned_loss_scale = True
             warnings.warn(
                 f"{type(self).__name__}: a step's reduced gradient was not finite (skipped, state "
@@ -260,9 +262,8 @@ class Compressor:
         so it must come before the first step (then before or after every step, as long as no step
         runs in between a change of scale and the call). `follow_loss_scale` makes the calls."""
         scale = float(scale)
-        previous = getattr(self, "_loss_scale", None)
-        if previous is not None and scale != previous:
-            self.rescale_state(scale / previous)
+        if self._loss_scale is not None and scale != self._loss_scale:
+            self.rescale_state(scale / self._loss_scale)
         self._loss_scale = scale
 
     def follow_loss_scale(self, scale):
@@ -290,9 +291,8 @@ class Compressor:
 
     def _read_loss_scale(self) -> None:
         """At a step's first gradient: the scale it was computed in (`follow_loss_scale`)."""
-        reader = getattr(self, "_scale_reader", None)
-        if reader is not None:
-            self.set_loss_scale(reader())
+        if self._scale_reader is not None:
+            self.set_loss_scale(self._scale_reader())
 
     # ------------------------------------------------------------------ agreement across ranks
     def _agree(self, identity: TensorIdentity, like) -> None:
@@ -341,8 +341,7 @@ class Compressor:
         if self._in_flight:
             raise RuntimeError("state_dict() called in the middle of a step (tensors in flight)")
         return {"compressor": type(self).__name__, "config": self.config(),
-                # the loss scale the buffers are in (None: never given), shared by all ranks
-                "loss_scale": getattr(self, "_loss_scale", None),
+                "loss_scale": self._loss_scale,  # shared by all ranks
                 "tensors": {name: self._export_tensor_state(state)
                             for name, state in sorted(self._tensors.items())}}
 

@@ -84,8 +84,8 @@ after a zero gradient or one of rank below r — is replaced by the same row of 
 factor; every other row is kept as it is. The rule reads only all-reduced values and the seed, so
 every rank applies it alike, on the device, with no host round trip; it is a function of the
 checkpointed factor, so a resumed or elastically synchronized run renews exactly as the original.
-While a layer gets no gradient its error buffer is
-kept: the compressed steps go on delivering it, so the ranks' mean error only shrinks.
+While a layer gets no gradient its error buffer is kept: the compressed steps go on delivering it,
+so the ranks' mean error only shrinks.
 """
 from __future__ import annotations
 
@@ -162,6 +162,11 @@ class _TensorState:
     # (a fresh n×m buffer costs its page faults on every step, more than the product written to it)
     spare: object = None
     seeds: dict = dataclasses.field(default_factory=dict)  # eager: `PowerSGD._seed_rows` by side
+
+
+def _side_size(state: _TensorState, side: str) -> int:
+    """Length of a factor's rows: m for ``side`` "q" (Qᵀ is r×m), n for "p"."""
+    return state.matrix[1 if side == "q" else 0]
 
 
 @dataclasses.dataclass
@@ -293,13 +298,17 @@ class PowerSGD(Compressor):
         wherever it has no direction left, so that a zero or rank-deficient gradient never
         stops the layer for good); without, a seeded Gaussian that every rank draws alike."""
         b = self.backend
-        size = state.matrix[1 if side == "q" else 0]
         if not self.cfg.warm_start:
-            key = zlib.crc32(self._stream(side, size, state.rank).encode())
-            return b.cast(b.seeded_normal((state.rank, size), key, compressed_step, like=like), dtype)
+            key = zlib.crc32(self._stream(side, _side_size(state, side), state.rank).encode())
+            return b.cast(b.seeded_normal((state.rank, _side_size(state, side)), key,
+                                          compressed_step, like=like), dtype)
         self._factor_slot(name, state, side, like, dtype)
-        factor = b.to_device_of(b.read_state(getattr(state, side)), like)
-        return renew_rows(b, factor, self._seed_rows(state, side, like, dtype),
+        return self._renewed(state, side, b.to_device_of(b.read_state(getattr(state, side)), like),
+                             dtype)
+
+    def _renewed(self, state: _TensorState, side: str, factor, dtype: str):
+        """``factor`` (a reduced Pᵀ or Qᵀ) as a power iteration multiplies by it: `renew_rows`."""
+        return renew_rows(self.backend, factor, self._seed_rows(state, side, factor, dtype),
                           self.cfg.orthogonalization_epsilon)
 
     def _factor_slot(self, name: str, state: _TensorState, side: str, like, dtype: str) -> None:
@@ -307,26 +316,23 @@ class PowerSGD(Compressor):
         alternating scheme's P starts at zero instead: it is only read after a P-step wrote it."""
         if getattr(state, side) is not None:
             return
-        b = self.backend
-        size = state.matrix[1 if side == "q" else 0]
         if side == "p" and self.cfg.alternate:
-            initial = b.zeros((state.rank, size), dtype, like=like)
+            initial = self.backend.zeros((state.rank, _side_size(state, side)), dtype, like=like)
         else:
-            seeded = np.ascontiguousarray(self.initial_factor(size, state.rank, side=side).T)
-            initial = b.cast(b.from_numpy(seeded, like=like), dtype)
+            initial = self._seed_rows(state, side, like, dtype)
         setattr(state, side, self._new_slot(initial, f"{name}/{side}"))
 
     def _seed_rows(self, state: _TensorState, side: str, like, dtype: str):
-        """The seeded initial factor of ``side``, transposed: what `renew_rows`
-        puts where a row has no direction left. Derived from the configuration and the shape
-        alone (never checkpointed); eager backends keep it on the device, graph backends embed it
-        as a constant."""
+        """The seeded initial factor of ``side``, transposed: the warm start's first value, and
+        what `renew_rows` puts where a row has no direction left. Derived from the configuration
+        and the shape alone (never checkpointed); eager backends keep it on the device, graph
+        backends embed it as a constant."""
         cached = state.seeds.get(side)
         if cached is not None:
             return cached
         b = self.backend
-        size = state.matrix[1 if side == "q" else 0]
-        seed = np.ascontiguousarray(self.initial_factor(size, state.rank, side=side).T)
+        seed = np.ascontiguousarray(self.initial_factor(_side_size(state, side), state.rank,
+                                                        side=side).T)
         rows = b.cast(b.from_numpy(seed, like=like), dtype)
         if b.deferred:
             state.seeds[side] = rows
@@ -632,11 +638,10 @@ class PowerSGD(Compressor):
         for job, Q in zip(jobs, self._fused_allreduce(jobs, [job.Q for job in jobs], "Q0")):
             job.Q = Q
         for iteration in range(1, self.cfg.power_iterations):
-            # the reduced Q̄ renewed as a step's first factor is (`renew_rows`)
-            P = self._fused_allreduce(
-                jobs, [self._wire(b.matmul(renew_rows(b, job.Q, self._seed_rows(
-                    job.state, "q", job.M, compute_dtype(job.ctx.dtype)), eps), job.M,
-                    transpose_b=True)) for job in jobs], f"P{iteration}")
+            renewed = [self._renewed(job.state, "q", job.Q, compute_dtype(job.ctx.dtype))
+                       for job in jobs]
+            P = self._fused_allreduce(jobs, [self._wire(b.matmul(Q, job.M, transpose_b=True))
+                                             for job, Q in zip(jobs, renewed)], f"P{iteration}")
             for job, P_reduced in zip(jobs, P):
                 job.P_hat = orthogonalize(b, P_reduced, eps)
             Q = self._fused_allreduce(jobs, [self._wire(b.matmul(job.P_hat, job.M)) for job in jobs],
