@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks.cluster import ClusterError, Cluster, check, enter_sandbox
+from horovod_powersgd import parse_spec
 from benchmarks.tasks import median
 from horovod_powersgd import machine
 
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
                           "--eval-every", 2] if args.smoke else
                          ["--epochs", tta_epochs(args, spec), "--eval-every", args.eval_every]
                          + (["--train-limit", args.tta_train_limit] if args.tta_train_limit else []))
-                flags += TTA_EXTRA_FLAGS.get(spec.split(":")[0], [])
+                flags += TTA_EXTRA_FLAGS.get(parse_spec(spec)[0], [])
                 results = cluster.run_horovod(python("-m", "examples.torch_fashion_mnist", "--compression",
                                                      spec, "--no-progress", "--json", target, *flags),
                                               env, args.timeout, f"tta-{len(raw['tta'])}")

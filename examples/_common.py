@@ -71,21 +71,15 @@ class CountingCompression:
 
 
 def compression_from_spec(spec: str):
-    """Our compressor for ``spec``; ``none`` and (when our registry has no ``fp16``) ``fp16`` are
-    Horovod's own, wrapped to count bytes."""
+    """Our compressor for ``spec``; ``none`` is Horovod's own, wrapped to count bytes."""
     from horovod.torch import Compression
 
+    from horovod_powersgd import parse_spec
     from horovod_powersgd.torch import from_spec
 
-    name = spec.strip().split(":")[0].lower()
-    if name == "none":
+    if parse_spec(spec)[0] == "none":
         return CountingCompression(Compression.none, "none")
-    try:
-        return from_spec(spec)
-    except ValueError:
-        if name == "fp16":
-            return CountingCompression(Compression.fp16, "fp16")
-        raise
+    return from_spec(spec)
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -251,14 +251,6 @@ def collective_seconds(collective: str, nbytes: float, workers: int, bps: float,
             + fit.round_overhead_s + tensors * fit.tensor_overhead_s)
 
 
-def allreduce_seconds(nbytes: float, workers: int, bps: float, fit: Fit, tensors: int = 1) -> float:
-    return collective_seconds("allreduce", nbytes, workers, bps, fit, tensors)
-
-
-def allgather_seconds(nbytes_per_rank: float, workers: int, bps: float, fit: Fit, tensors: int = 1) -> float:
-    return collective_seconds("allgather", nbytes_per_rank, workers, bps, fit, tensors)
-
-
 def communicate_seconds(t: Traffic, workers: int, bps: float, fit: Fit) -> float:
     """Every round of one step, one after the other (no overlap with backprop assumed), plus the
     step's own overhead σ (calibrated fits only)."""

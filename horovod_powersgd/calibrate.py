@@ -46,7 +46,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -514,11 +513,9 @@ def resolve_model(text: str):
 def machine_info(hvd, device: str) -> dict:
     import torch
 
-    cpu, blas = machine.cpu_model(), machine.torch_blas()
     controller = "mpi" if hvd.mpi_enabled() else "gloo" if hvd.gloo_enabled() else "unknown"
-    info = {"cpu": cpu, "cores": os.cpu_count(), "blas": blas, "torch_threads": torch.get_num_threads(),
-            "device": device, "controller": controller, "nccl": bool(hvd.nccl_built()),
-            "workers": hvd.size(), "torch": torch.__version__, "platform": platform.platform()}
+    info = {**machine.describe(), "torch_threads": torch.get_num_threads(), "device": device,
+            "controller": controller, "nccl": bool(hvd.nccl_built()), "workers": hvd.size()}
     if device != "cpu":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -42,3 +42,14 @@ def test_from_spec_builds_the_adapter_class(framework, spec):
     module = _adapter(framework)
     compressor = module.from_spec(spec)
     assert type(compressor) is getattr(module, COMPRESSORS[spec].__name__)
+
+
+@pytest.mark.parametrize("framework", [None, *FRAMEWORKS])
+def test_powersgd_defaults_are_the_configs(framework):
+    """PowerSGDConfig's defaults are the only ones: the core class and both adapters derive theirs."""
+    from horovod_powersgd.core.powersgd import PowerSGD, PowerSGDConfig
+
+    cls = PowerSGD if framework is None else _adapter(framework).PowerSGD
+    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == PowerSGDConfig._field_defaults

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from horovod_powersgd import advisor
-from horovod_powersgd.advisor import Fit, allgather_seconds, allreduce_seconds, traffic
+from horovod_powersgd.advisor import Fit, collective_seconds, traffic
 
 EXACT = Fit(efficiency=1.0, latency_s=0.0, codec_s_per_element={}, source="test", round_overhead_s=0.0)
 
@@ -53,14 +53,14 @@ def test_allgather_compressors():
 
 def test_ring_allreduce_and_allgather_times():
     # 1 MB at 8 Mbit/s = 1 s of raw transfer
-    assert allreduce_seconds(1e6, 2, 8e6, EXACT) == pytest.approx(1.0)
-    assert allreduce_seconds(1e6, 4, 8e6, EXACT) == pytest.approx(1.5)
-    assert allgather_seconds(1e6, 4, 8e6, EXACT) == pytest.approx(3.0)
-    assert allreduce_seconds(1e6, 1, 8e6, EXACT) == 0.0
+    assert collective_seconds("allreduce", 1e6, 2, 8e6, EXACT) == pytest.approx(1.0)
+    assert collective_seconds("allreduce", 1e6, 4, 8e6, EXACT) == pytest.approx(1.5)
+    assert collective_seconds("allgather", 1e6, 4, 8e6, EXACT) == pytest.approx(3.0)
+    assert collective_seconds("allreduce", 1e6, 1, 8e6, EXACT) == 0.0
     slow = Fit(efficiency=0.5, latency_s=1e-3, codec_s_per_element={}, round_overhead_s=0.01)
-    assert allreduce_seconds(1e6, 2, 8e6, slow) == pytest.approx(2.0 + 2e-3 + 0.01)
-    assert allreduce_seconds(1e6, 4, 8e6, slow) == pytest.approx(3.0 + 6e-3 + 0.01)
-    assert allgather_seconds(1e6, 4, 8e6, slow) == pytest.approx(6.0 + 3e-3 + 0.01)
+    assert collective_seconds("allreduce", 1e6, 2, 8e6, slow) == pytest.approx(2.0 + 2e-3 + 0.01)
+    assert collective_seconds("allreduce", 1e6, 4, 8e6, slow) == pytest.approx(3.0 + 6e-3 + 0.01)
+    assert collective_seconds("allgather", 1e6, 4, 8e6, slow) == pytest.approx(6.0 + 3e-3 + 0.01)
 
 
 def test_allgather_loses_to_allreduce_as_workers_grow():

@@ -18,6 +18,13 @@ from typing import Any, Sequence, Tuple
 
 import numpy as np
 
+from .orthogonalize import gram_schmidt
+
+
+#: dtypes stock Horovod 0.28.1 cannot all-reduce: it has no bfloat16 reduction (``horovod.torch``
+#: raises "Tensor type torch.BFloat16Tensor is not supported"). The one statement of that limit.
+HOROVOD_ALLREDUCE_UNSUPPORTED = frozenset({"bfloat16"})
+
 
 class ReduceOp(enum.Enum):
     """How Horovod combines the first-round tensors across ranks."""
@@ -51,7 +58,7 @@ class Backend(abc.ABC):
     """
 
     deferred: bool = True
-    #: dtypes the all-reduce cannot carry (Horovod 0.28.1 has no bfloat16 all-reduce)
+    #: dtypes the all-reduce cannot carry (`HOROVOD_ALLREDUCE_UNSUPPORTED` for Horovod's backends)
     allreduce_unsupported_dtypes: frozenset = frozenset()
 
     # ------------------------------------------------------------------ tensor facts
@@ -132,8 +139,6 @@ class Backend(abc.ABC):
         """`horovod_powersgd.core.orthogonalize`: the rows of an r×n tensor made orthonormal, zero
         where none is left. Default: Gram–Schmidt on the ops above; a backend with a QR
         decomposition may use the identity stated there instead."""
-        from .orthogonalize import gram_schmidt
-
         return gram_schmidt(self, factor_t, epsilon)
 
     def row_norms(self, matrix):
@@ -309,6 +314,19 @@ class Backend(abc.ABC):
         import time
 
         return time.perf_counter()
+
+
+class TrafficOnly:
+    """The backend of a compressor built only to describe its traffic (``transfers``,
+    ``wire_bytes``: functions of the configuration and the shape alone), as the advisor builds
+    them: Horovod's facts, and no tensor operation or collective."""
+
+    deferred = True
+    allreduce_unsupported_dtypes = HOROVOD_ALLREDUCE_UNSUPPORTED
+
+    def __getattr__(self, name):
+        raise TypeError(f"this compressor was built to describe its traffic only (no backend); "
+                        f"it cannot run {name!r}: build it from horovod_powersgd.torch or .tensorflow")
 
 
 class _Slot:

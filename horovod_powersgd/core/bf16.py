@@ -1,4 +1,4 @@
-"""bfloat16 on the wire — all-gathered, because stock Horovod 0.28.1 cannot all-reduce bfloat16."""
+"""bfloat16 on the wire — all-gathered, because Horovod cannot all-reduce it (`HOROVOD_ALLREDUCE_UNSUPPORTED`)."""
 from __future__ import annotations
 
 from .backend import Backend, compute_dtype
@@ -12,8 +12,8 @@ from .wire import Wire
 class BF16(Compressor):
     """Round each gradient to bfloat16 and average the ranks' copies in float32.
 
-    Horovod 0.28.1 has no bfloat16 reduction (``horovod.torch`` raises "Tensor type
-    torch.BFloat16Tensor is not supported"), so the bf16 bit patterns travel as int16 by all-gather
+    Horovod has no bfloat16 reduction (`HOROVOD_ALLREDUCE_UNSUPPORTED`), so the bf16 bit patterns
+    travel as int16 by all-gather
     and every rank averages the N decoded copies in float32 (op=Sum: adds them). Wire: 2 bytes per
     element all-gathered + a 4-byte placeholder all-reduce, i.e. 16 + 32/d bits per element — the
     same bytes as an all-reduce for N = 2, (N−1)·S instead of 2(N−1)/N·S of traffic beyond that.
@@ -22,7 +22,7 @@ class BF16(Compressor):
     """
 
     wire = Wire("16 + 32/d", biased=True, error_feedback=False,
-                note="all-gather: Horovod 0.28.1 cannot all-reduce bfloat16")
+                note="all-gather: Horovod cannot all-reduce bfloat16")
     wire_variants = ()
 
     def __init__(self, backend: Backend):

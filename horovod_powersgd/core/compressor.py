@@ -60,7 +60,7 @@ class Compressor:
         self._stats = CompressionStats()
         self._agreed = False  # ranks proved to agree on class and config (re-armed by a restore)
         self._restored_names: set | None = None  # tensor names of the last load_state_dict, unclaimed
-        self._staged: list = []  # (slot, new value) written at the end of the step if it was finite
+        self._staged: list = []  # (slot, new value, value if not finite or None) for the step's end
         self._guarded: list = []  # eager: outputs to poison in place at the step's end if it was not
         self._step_finite: list = []  # one boolean scalar per reduced tensor of the current step
         self._loss_scale = None  # the loss scale the buffers are in (None: never given)
@@ -182,10 +182,10 @@ class Compressor:
         return poisoned(self.backend, out, finite)
 
     # ------------------------------------------------------------------ non-finite steps
-    def _stage_write(self, slot, value) -> None:
+    def _stage_write(self, slot, value, otherwise=None) -> None:
         """Write ``value`` into ``slot`` at the end of the step, if the step's reduced results were
-        all finite (else the slot keeps its value)."""
-        self._staged.append((slot, value))
+        all finite; else ``otherwise`` where given (the slot keeps its value where not)."""
+        self._staged.append((slot, value, otherwise))
 
     def _commit_step(self):
         """Apply the staged writes if the step was finite and count a non-finite step; returns
@@ -206,13 +206,14 @@ class Compressor:
         finite = b.all_true(flags)
         if b.deferred:
             finite = bool(finite)
-            for slot, value in staged if finite else ():
-                b.write_state(slot, value)
+            for slot, value, otherwise in staged:
+                if finite or otherwise is not None:
+                    b.write_state(slot, value if finite else otherwise)
             for out in () if finite else guarded:
                 b.fill(out, out * float("nan"))
         else:
-            for slot, value in staged:
-                old = b.to_device_of(b.read_state(slot), value)
+            for slot, value, otherwise in staged:
+                old = b.to_device_of(b.read_state(slot), value) if otherwise is None else otherwise
                 b.write_state(slot, b.where(finite, value, old))
         self._count_nonfinite(finite)
         return finite

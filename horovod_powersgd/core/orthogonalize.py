@@ -31,17 +31,20 @@ the others, not the same one: either keeps P̂ orthonormal.)
 """
 from __future__ import annotations
 
-from .backend import Backend
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: backend.py imports this module
+    from .backend import Backend
 
 
-def orthogonalize(backend: Backend, factor_t, epsilon: float):
+def orthogonalize(backend: "Backend", factor_t, epsilon: float):
     """Rows of ``factor_t`` (r×n: the transposed factor Pᵀ, as PowerSGD stores it) made orthonormal
     (zero where it has none left). Equivalently, the columns of P = ``factor_t``ᵀ become
     orthonormal. The backend's fastest exact form (`gram_schmidt` by default)."""
     return backend.orthogonalize_rows(factor_t, epsilon)
 
 
-def gram_schmidt(backend: Backend, factor_t, epsilon: float):
+def gram_schmidt(backend: "Backend", factor_t, epsilon: float):
     """`orthogonalize` by Gram–Schmidt with re-orthogonalization, on the backend's basic ops."""
     b = backend
     done = []
@@ -55,7 +58,7 @@ def gram_schmidt(backend: Backend, factor_t, epsilon: float):
     return b.stack_rows(done)
 
 
-def renew_rows(backend: Backend, factor_t, seed_t, epsilon: float):
+def renew_rows(backend: "Backend", factor_t, seed_t, epsilon: float):
     """The shared factor a warm-started step multiplies by: each row f_j of ``factor_t`` (r×s) as
     it is where ‖f_j‖ > ``epsilon``, else row j of ``seed_t`` (the seeded initial factor).
 

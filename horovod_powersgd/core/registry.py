@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 from typing import Dict, Tuple
 
+from .backend import TrafficOnly
 from .bf16 import BF16
 from .fp16 import FP16
 from .powersgd import PowerSGD
@@ -58,5 +59,6 @@ def build(spec: str, backend=None):
     collective but describes its traffic (``transfers``, ``wire_bytes``: they depend on the
     configuration alone), as the advisor uses it. ``"none"`` gives None."""
     name, kwargs = parse_spec(spec)
-    return None if name == "none" else COMPRESSORS[name](backend, **kwargs)
+    return None if name == "none" else COMPRESSORS[name](TrafficOnly() if backend is None else backend,
+                                                          **kwargs)
 

@@ -12,13 +12,13 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from ..core.backend import Backend
+from ..core.backend import HOROVOD_ALLREDUCE_UNSUPPORTED, Backend
 from ..glue import horovod_op
 
 
 class TensorFlowBackend(Backend):
     deferred = False
-    allreduce_unsupported_dtypes = frozenset({"bfloat16"})  # Horovod 0.28.1 refuses it
+    allreduce_unsupported_dtypes = HOROVOD_ALLREDUCE_UNSUPPORTED
 
     def __init__(self):
         self._variables = {}  # key -> the variable `new_state` made for it (traces captured it)

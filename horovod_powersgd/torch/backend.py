@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.backend import Backend
+from ..core.backend import HOROVOD_ALLREDUCE_UNSUPPORTED, Backend
 from ..core.selection import largest_indices
 from ..glue import horovod_op
 
@@ -16,7 +16,7 @@ _BIT_SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)  # MSB first, as numpy.
 
 class TorchBackend(Backend):
     deferred = True  # Horovod's torch collectives return handles; outputs are filled in place later
-    allreduce_unsupported_dtypes = frozenset({"bfloat16"})  # Horovod 0.28.1 refuses it
+    allreduce_unsupported_dtypes = HOROVOD_ALLREDUCE_UNSUPPORTED
 
     def shape(self, tensor):
         return tuple(tensor.shape)

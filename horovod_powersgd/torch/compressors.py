@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..core import bf16, fp16, powersgd, randomk, signnorm, signum, topk, unbiased_lowrank
+from ..core.powersgd import DEFAULTS as _D  # PowerSGD's defaults are PowerSGDConfig's
 from .backend import TorchBackend
 from .naming import ParameterNamer
 
@@ -40,10 +41,13 @@ class PowerSGD(_TorchAdapter, powersgd.PowerSGD):
     ``alternate=True`` or ``two_sided=True``. Algorithm and knobs:
     `horovod_powersgd.core.powersgd.PowerSGD`."""
 
-    def __init__(self, rank: int = 1, *, power_iterations: int = 1, warm_start: bool = True,
-                 error_feedback: bool = True, min_compression_rate: float = 2.0,
-                 start_step: int = 0, seed: int = 0, orthogonalization_epsilon: float = 1e-8,
-                 wire_dtype: Optional[str] = None, alternate: bool = False, two_sided: bool = False):
+    def __init__(self, rank: int = _D.rank, *, power_iterations: int = _D.power_iterations,
+                 warm_start: bool = _D.warm_start, error_feedback: bool = _D.error_feedback,
+                 min_compression_rate: float = _D.min_compression_rate,
+                 start_step: int = _D.start_step, seed: int = _D.seed,
+                 orthogonalization_epsilon: float = _D.orthogonalization_epsilon,
+                 wire_dtype: Optional[str] = _D.wire_dtype, alternate: bool = _D.alternate,
+                 two_sided: bool = _D.two_sided):
         super().__init__(rank, power_iterations=power_iterations, warm_start=warm_start,
                          error_feedback=error_feedback, min_compression_rate=min_compression_rate,
                          start_step=start_step, seed=seed,
@@ -101,8 +105,7 @@ class FP16(_TorchAdapter, fp16.FP16):
 
 
 class BF16(_TorchAdapter, bf16.BF16):
-    """Gradients sent as bfloat16 by all-gather, which Horovod 0.28.1 cannot all-reduce
-    (`horovod_powersgd.core.bf16.BF16`)."""
+    """Gradients sent as bfloat16 by all-gather (`horovod_powersgd.core.bf16.BF16`)."""
 
     def __init__(self):
         super().__init__()

@@ -3,7 +3,7 @@ on the NumPy reference, with simulated ranks."""
 import numpy as np
 import pytest
 
-from horovod_powersgd.core.backend import ReduceOp, TensorIdentity
+from horovod_powersgd.core.backend import ReduceOp, TensorIdentity, TrafficOnly
 from horovod_powersgd.core.powersgd import PowerSGD
 from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradients
 
@@ -255,26 +255,26 @@ def test_a_non_finite_step_leaves_the_state_untouched(scheme):
 
 def test_power_iterations_with_alternate_is_refused():
     with pytest.raises(ValueError, match="alternate=True .* power_iterations must be 1"):
-        PowerSGD(None, rank=2, alternate=True, power_iterations=2)
+        PowerSGD(TrafficOnly(), rank=2, alternate=True, power_iterations=2)
     with pytest.raises(ValueError, match="alternate must be True or False"):
-        PowerSGD(None, rank=2, alternate="yes")
+        PowerSGD(TrafficOnly(), rank=2, alternate="yes")
     with pytest.raises(ValueError, match="two_sided=True .* power_iterations must be 1"):
-        PowerSGD(None, rank=2, two_sided=True, power_iterations=3)
+        PowerSGD(TrafficOnly(), rank=2, two_sided=True, power_iterations=3)
     with pytest.raises(ValueError, match="two different single-round schemes"):
-        PowerSGD(None, rank=2, two_sided=True, alternate=True)
+        PowerSGD(TrafficOnly(), rank=2, two_sided=True, alternate=True)
 
 
 def test_wire_bytes_are_one_padded_factor():
-    c = PowerSGD(None, rank=2, alternate=True)
+    c = PowerSGD(TrafficOnly(), rank=2, alternate=True)
     assert c.wire_bytes((30, 20)) == c.wire_bytes((20, 30)) == 4 * 2 * 30
     assert c.wire_bytes((20,)) == 80
-    assert PowerSGD(None, rank=2, alternate=True, wire_dtype="float16").wire_bytes((30, 20)) == 2 * 2 * 30
+    assert PowerSGD(TrafficOnly(), rank=2, alternate=True, wire_dtype="float16").wire_bytes((30, 20)) == 2 * 2 * 30
 
 
 def test_two_sided_wire_bytes_are_both_factors():
-    c = PowerSGD(None, rank=2, two_sided=True)
+    c = PowerSGD(TrafficOnly(), rank=2, two_sided=True)
     assert c.wire_bytes((30, 20)) == c.wire_bytes((20, 30)) == 4 * 2 * (30 + 20)
-    assert PowerSGD(None, rank=2, two_sided=True, wire_dtype="float16").wire_bytes((30, 20)) == 2 * 2 * 50
+    assert PowerSGD(TrafficOnly(), rank=2, two_sided=True, wire_dtype="float16").wire_bytes((30, 20)) == 2 * 2 * 50
 
 
 @pytest.mark.parametrize("scheme, length", [("alternate", 2 * 30), ("two_sided", 2 * (30 + 20))])

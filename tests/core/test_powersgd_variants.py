@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from horovod_powersgd.core import powersgd as powersgd_module
+from horovod_powersgd.core.powersgd import factors as factors_module
 from horovod_powersgd.core.powersgd import PowerSGD
 from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradients
 
@@ -68,13 +68,13 @@ class Recording:
 def test_half_precision_factors_on_the_wire_orthogonalized_in_float32(monkeypatch, wire_dtype,
                                                                       tolerance):
     orthogonalized = []
-    original = powersgd_module.orthogonalize
+    original = factors_module.orthogonalize
 
     def recording_orthogonalize(backend, P, epsilon):
         orthogonalized.append(np.asarray(P).dtype.name)
         return original(backend, P, epsilon)
 
-    monkeypatch.setattr(powersgd_module, "orthogonalize", recording_orthogonalize)
+    monkeypatch.setattr(factors_module, "orthogonalize", recording_orthogonalize)
     shapes = {"w": (32, 24)}
 
     def run(dtype):
