@@ -285,6 +285,7 @@ def tiny_batch(model):
     return lambda: model(x).pow(2).mean()
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("launcher,model,extra", [
     ("gloo", "64x128,64,10x64,10", ["--compute-ms", "5"]),
     ("mpi", "tests.test_calibrate:tiny_model", ["--batch", "tests.test_calibrate:tiny_batch"]),

@@ -65,6 +65,8 @@ def _run(argv, **kwargs):
     return out
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_the_built_wheel_and_sdist_install_and_train_outside_the_checkout(tmp_path):
     """The package as a user installs it: a wheel and an sdist built from a copy of the sources,
     the wheel installed into a fresh virtual environment that sees the set-up's frameworks and

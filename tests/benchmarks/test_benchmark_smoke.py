@@ -24,6 +24,7 @@ def _require_namespaces():
                     f"the benchmark smoke test needs a root shell allowed to create them")
 
 
+@pytest.mark.distributed
 def test_benchmark_smoke_runs_end_to_end(tmp_path):
     _require_namespaces()
     with machine_lock():
@@ -52,6 +53,7 @@ def test_benchmark_smoke_runs_end_to_end(tmp_path):
     assert "| powersgd:rank=2 |" in (tmp_path / "benchmark.md").read_text()
 
 
+@pytest.mark.distributed
 def test_launcher_kills_the_others_when_one_worker_fails(tmp_path):
     _require_namespaces()
     script = textwrap.dedent(f"""
@@ -84,6 +86,7 @@ def test_refuses_without_root(monkeypatch):
         cluster.enter_sandbox(["true"])
 
 
+@pytest.mark.distributed
 def test_timeline_bytes(tmp_path):
     """Horovod timeline events → bytes per rank (allgather shapes are the gathered output)."""
     path = tmp_path / "t.json"

@@ -9,6 +9,8 @@ import torch
 from examples.datasets import DatasetMissing, fashion_mnist
 from tests.launch import run
 
+pytestmark = pytest.mark.distributed  # launches ranks of its own
+
 PY = sys.executable
 
 

@@ -1,18 +1,19 @@
-"""Multi-process TensorFlow tests: each file under distributed/ runs on 2 ranks, with Gloo and MPI."""
+"""Multi-process TensorFlow tests: each file under distributed/ runs on 2 ranks under Gloo; the files
+that exercise Horovod's collectives themselves (all-reduce of PowerSGD's factors, the all-gather
+baselines) under MPI as well. The rest goes through the same adapter code under either controller."""
 import pytest
 
-from tests.launch import LAUNCHERS, run_pytest
+from tests.launch import run_pytest
 
-FILES = ["tests/tensorflow/distributed/mp_powersgd_tf.py", "tests/tensorflow/distributed/mp_baselines_tf.py",
-         "tests/tensorflow/distributed/mp_keras.py", "tests/tensorflow/distributed/mp_reliability_tf.py"]
+pytestmark = pytest.mark.distributed  # launches ranks of its own
+
+DISTRIBUTED = "tests/tensorflow/distributed"
+BOTH_LAUNCHERS = ["mp_powersgd_tf.py", "mp_baselines_tf.py"]
+GLOO_ONLY = ["mp_keras.py", "mp_reliability_tf.py", "mp_degenerate_tf.py"]
+RUNS = ([("gloo", name) for name in BOTH_LAUNCHERS + GLOO_ONLY]
+        + [("mpi", name) for name in BOTH_LAUNCHERS])
 
 
-@pytest.mark.parametrize("test_file", FILES)
-@pytest.mark.parametrize("launcher", LAUNCHERS)
+@pytest.mark.parametrize("launcher, test_file", RUNS)
 def test_two_ranks(launcher, test_file):
-    run_pytest(launcher, test_file, np=2, timeout=500)
-
-
-def test_zero_gradient_layers_two_ranks():
-    """The zero-gradient cases go through the same adapter code under either launcher: Gloo only."""
-    run_pytest("gloo", "tests/tensorflow/distributed/mp_degenerate_tf.py", np=2, timeout=500)
+    run_pytest(launcher, f"{DISTRIBUTED}/{test_file}", np=2, timeout=500)

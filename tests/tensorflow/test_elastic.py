@@ -13,6 +13,8 @@ import pytest
 from tests.elastic_job import ADD_AT, REMOVE_AT, ElasticJobChecks, run_job
 from tests.launch import run_pytest
 
+pytestmark = pytest.mark.distributed  # launches ranks of its own
+
 JOBS = {"powersgd": ("keras", "powersgd:rank=2"),
         "powersgd_single_round": ("keras", "powersgd:rank=2,alternate=True")}
 

@@ -5,6 +5,8 @@ import pytest
 
 from tests.elastic_job import ElasticJobChecks, run_job
 
+pytestmark = pytest.mark.distributed  # launches ranks of its own
+
 SPECS = {"powersgd": "powersgd:rank=2", "powersgd_single_round": "powersgd:rank=2,alternate=True"}
 
 

@@ -23,6 +23,8 @@ from tests.launch import LAUNCHERS, ROOT, run
 sys.path.insert(0, str(ROOT / "tests/torch/distributed"))
 import timeline_worker as worker  # noqa: E402
 
+pytestmark = pytest.mark.distributed  # launches ranks of its own
+
 RANKS = 2
 ITEMSIZE = {"float32": 4, "float16": 2, "int16": 2, "int32": 4, "uint8": 1, "float64": 8}
 
