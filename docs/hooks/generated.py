@@ -2,30 +2,28 @@
 
 A page asks for generated content with a marker line of its own, replaced at build time:
 
-    <!-- generated: benchmark-run results -->        a benchmark run, rendered by benchmarks.report
+    <!-- generated: benchmark-run results -->        a benchmark run, as benchmarks.report wrote it
     <!-- generated: compressor-table -->             scripts/compressor_table.py's table (from the code)
     <!-- generated: calibration-check results/calibration_check -->   benchmarks.calibrate_check's output
     <!-- generated: advisor --model resnet18 ... -->  what `python -m horovod_powersgd.advisor ...` prints
 
-A benchmark run is a directory written by ``benchmarks.run`` / ``benchmarks.report``. When it holds
-the run's raw results (``benchmark.json``), the report — its Markdown and its plots — is rendered from
-them here by the report's own code (``fit_of``, ``analyse``, ``markdown``, ``plots``), exactly what
-``python -m benchmarks.report DIR/benchmark.json`` writes; a directory that kept only the report's
-output (``benchmark.md`` and its PNGs) is included as it is. The changelog page is CHANGELOG.md.
+A benchmark run is a directory that ``benchmarks.run`` / ``benchmarks.report`` wrote: the report's
+tables (``benchmark.md``) and plots (``*.png``), rendered from the run's raw results
+(``benchmark.json``; ``python -m benchmarks.report DIR/benchmark.json`` renders them again). They
+are included as the report wrote them, its sections one level down and each plot after the section
+it belongs to. The changelog page is CHANGELOG.md.
 
-Everything here reads local files and the package (NumPy, matplotlib); nothing is fetched, and
-neither torch, TensorFlow nor Horovod is imported.
+Everything here reads local files and the package (NumPy only); nothing is fetched, and neither
+torch, TensorFlow nor Horovod is imported.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import io
-import json
 import re
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
@@ -45,26 +43,16 @@ _runs: dict = {}  # run directory (relative to ROOT) -> (markdown, {png name: by
 
 
 def _run(directory: str):
-    """The report of one benchmark run: (markdown, plots)."""
+    """The report of one benchmark run, as ``benchmarks.report`` wrote it: (markdown, plots)."""
     if directory in _runs:
         return _runs[directory]
     path = ROOT / directory
-    if (path / "benchmark.json").is_file():
-        from benchmarks import report
-
-        raw = json.loads((path / "benchmark.json").read_text())["raw"]
-        fit = report.fit_of(raw)
-        analysis = report.analyse(raw, fit)
-        text = report.markdown(raw, analysis, fit)
-        with tempfile.TemporaryDirectory() as tmp:
-            names = report.plots(raw, analysis, Path(tmp))
-            plots = {name: (Path(tmp) / name).read_bytes() for name in names}
-    elif (path / "benchmark.md").is_file():
-        text = (path / "benchmark.md").read_text()
-        plots = {p.name: p.read_bytes() for p in sorted(path.glob("*.png"))}
-    else:
-        raise PluginError(f"generated benchmark page: {directory} has neither benchmark.json nor "
-                          f"benchmark.md (run python -m benchmarks.run --out {directory})")
+    if not (path / "benchmark.md").is_file():
+        raise PluginError(f"generated benchmark page: no {directory}/benchmark.md (benchmarks.run "
+                          f"--out {directory} writes it; python -m benchmarks.report "
+                          f"{directory}/benchmark.json re-renders it from the run's raw results)")
+    text = (path / "benchmark.md").read_text()
+    plots = {p.name: p.read_bytes() for p in sorted(path.glob("*.png"))}
     _runs[directory] = text, plots
     return _runs[directory]
 
@@ -131,7 +119,7 @@ def _advisor(args: str) -> str:
 
 
 def on_config(config):
-    # the repository root, for `benchmarks.report` and this checkout's package (MkDocs restores
+    # the repository root, for scripts/ and this checkout's package (MkDocs restores
     # sys.path after loading a hook, so it is added here)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
