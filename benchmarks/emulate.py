@@ -3,7 +3,9 @@
     sudo .venv/bin/python -m benchmarks.emulate --rate 1gbit --workers 2 -- \\
         .venv/bin/python -m examples.torch_fashion_mnist --compression powersgd:rank=2
 
-Like ``horovodrun -np N`` but every rank sits behind its own ``--rate`` NIC (`benchmarks.cluster`).
+Like ``horovodrun -np N`` but every rank sits behind its own ``--rate`` NIC (`benchmarks.cluster`);
+``--launcher torch`` runs a torch.distributed program instead (``MASTER_ADDR``, ``RANK``,
+``WORLD_SIZE`` set per worker, as torchrun does).
 Rank 0's output is printed; the exit status is the first failing rank's (0 when all succeed).
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", default="1gbit")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--launcher", choices=("horovod", "torch"), default="horovod")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/horovod-powersgd-emulate"))
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -32,7 +35,8 @@ def main(argv=None) -> int:
     try:
         enter_sandbox([sys.executable, "-m", "benchmarks.emulate", *argv])
         with Cluster(args.workers, args.rate, args.workdir) as cluster:
-            results = cluster.run_horovod(command, {"PYTHONPATH": str(ROOT)}, args.timeout, "emulate")
+            launch = cluster.run_torch_distributed if args.launcher == "torch" else cluster.run_horovod
+            results = launch(command, {"PYTHONPATH": str(ROOT)}, args.timeout, "emulate")
     except ClusterError as error:
         print(f"benchmarks.emulate: {error}", file=sys.stderr)
         return 2

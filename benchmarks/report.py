@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks import tta
 from horovod_powersgd import advisor
 from horovod_powersgd.advisor import parse_rate
 
@@ -19,7 +20,6 @@ TWO_SIDED = "powersgd:rank=2,two_sided=True"
 #: alternating single-round scheme; the two-sided one, also one round, is held to the same)
 STEP_VS_DDP_HOOK = {SINGLE_ROUND: 0.9, TWO_SIDED: 0.9, CLASSIC: 1.0}  # ≤ this × DDP + powerSGD_hook
 MAX_CODEC_COPIES = 8  # codec seconds per step ≤ 8 memcpys of the compressed gradients
-MAX_TTA_FRACTION = 0.7  # single-round reaches the target in ≤ 0.7 × the uncompressed training time
 
 
 def _ok(flag: bool) -> str:
@@ -42,13 +42,6 @@ def _measurements(raw: dict) -> list:
 
 def _predict(row: dict, fit: advisor.Fit) -> advisor.Prediction:
     return advisor.predict(row["spec"], row["shapes"], row["bps"], row["workers"], row["compute_s"], fit)
-
-
-def time_to_target(records: list, threshold: float):
-    for r in sorted(records, key=lambda r: r["train_seconds"]):
-        if r["test_accuracy"] >= threshold:
-            return r["train_seconds"]
-    return None
 
 
 def analyse(raw: dict, fit: advisor.Fit) -> dict:
@@ -87,21 +80,7 @@ def analyse(raw: dict, fit: advisor.Fit) -> dict:
             t["ddp_hook_step_s"] = hook["step_s"] if hook else None
             t["ddp_plain_step_s"] = plain["step_s"] if plain else None
         summary["targets"].append(t)
-    # ---- time to accuracy
-    tta = {}
-    base = next((r for r in raw["tta"] if r["spec"] == "none"), None)
-    if base:
-        final = [r for r in base["records"] if r.get("final")][-1]
-        threshold = final["test_accuracy"] - 0.005
-        for run in raw["tta"]:
-            last = [r for r in run["records"] if r.get("final")][-1]
-            tta[run["spec"]] = {"final_accuracy": last["test_accuracy"], "train_seconds": last["train_seconds"],
-                                "epochs": last["epoch"] + 1,
-                                "time_to_target_s": time_to_target(run["records"], threshold),
-                                "time_to_baseline_final_s": time_to_target(run["records"], final["test_accuracy"]),
-                                "sent_MB": last["sent_bytes"] / MB, "ratio": last["compression_ratio"]}
-        summary["tta_target"] = threshold
-    summary["tta"] = tta
+    summary["tta"] = tta.analyse(raw["tta"])
     return {"rows": rows, "summary": summary}
 
 
@@ -180,20 +159,10 @@ def markdown(raw: dict, analysis: dict, fit: advisor.Fit) -> str:
         lines.append("")
     s = analysis["summary"]
     if s.get("tta"):
-        lines += [f"## Time to accuracy: examples/torch_fashion_mnist.py, {raw['tta'][0]['workers']} workers "
-                  f"at {raw['tta'][0]['rate']}", "",
-                  f"Target: the uncompressed run's final test accuracy − 0.5 pp = {s['tta_target']:.4f}; "
-                  f"also shown: time to the uncompressed final accuracy itself. Accuracy is measured every "
-                  f"{raw['tta'][0]['records'][0]['steps']} steps; training time excludes evaluation.", "",
-                  "| compressor | epochs | final accuracy | training s | time to target s "
-                  "| time to uncompressed final s | MB sent/rank | ratio |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for spec, t in s["tta"].items():
-            lines.append(f"| {spec} | {t.get('epochs', '—')} | {t['final_accuracy']:.4f} | {t['train_seconds']:.0f} | "
-                         f"{_fmt(t['time_to_target_s'], '.0f', 'not reached')} | "
-                         f"{_fmt(t.get('time_to_baseline_final_s'), '.0f', 'not reached')} | "
-                         f"{t['sent_MB']:.1f} | {t['ratio']:.1f}× |")
-        lines.append("")
+        lines += ["## Time to accuracy: the examples' loops, ours against DDP + powerSGD_hook", ""]
+        lines += tta.markdown(s["tta"])
+        lines += ["Targets (PowerSGD(rank=2) as a user gets it, against DDP + powerSGD_hook at rank 2):", ""]
+        lines += tta.targets(s["tta"], CLASSIC) + [""]
     if s["targets"]:
         lines += ["## Targets (PowerSGD rank 2, classic and single-round)", ""]
         for t in s["targets"]:
@@ -213,22 +182,6 @@ def markdown(raw: dict, analysis: dict, fit: advisor.Fit) -> str:
                 if copies is not None:
                     lines.append(f"- {t['task']}: {spec} codec = {copies:.1f} copies — target ≤ "
                                  f"{MAX_CODEC_COPIES}: {_ok(copies <= MAX_CODEC_COPIES)}.")
-        tta = s.get("tta", {})
-        if "none" in tta:
-            base = tta["none"]
-            for spec in (SINGLE_ROUND, TWO_SIDED, CLASSIC):
-                if spec not in tta:
-                    continue
-                b = tta[spec]
-                line = (f"- accuracy: {spec} final {b['final_accuracy']:.4f} vs none "
-                        f"{base['final_accuracy']:.4f} ({(b['final_accuracy'] - base['final_accuracy']) * 100:+.2f} pp);"
-                        f" time to target {_fmt(b['time_to_target_s'], '.0f', 'not reached')} s vs none's "
-                        f"training time {base['train_seconds']:.0f} s")
-                if spec != CLASSIC:
-                    fraction = b["time_to_target_s"] and b["time_to_target_s"] / base["train_seconds"]
-                    line += (f" = {_fmt(fraction, '.2f', '—')} — target ≤ {MAX_TTA_FRACTION}: "
-                             f"{_ok(bool(fraction) and fraction <= MAX_TTA_FRACTION)}")
-                lines.append(line + ".")
         lines.append("")
     if raw["skipped"]:
         lines += ["## Runs that failed", ""] + [f"- {x['phase']} {x['spec']}: see benchmark.json" for x in raw["skipped"]]
@@ -274,17 +227,7 @@ def plots(raw: dict, analysis: dict, out: Path) -> list:
             ax.legend(fontsize=7)
         written.append(save(fig, "step_breakdown.png"))
     if raw["tta"]:
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for run in raw["tta"]:
-            pts = sorted(run["records"], key=lambda r: r["train_seconds"])
-            ax.plot([r["train_seconds"] for r in pts], [r["test_accuracy"] for r in pts], marker=".", label=run["spec"])
-        if analysis["summary"].get("tta_target"):
-            ax.axhline(analysis["summary"]["tta_target"], color="grey", ls="--", lw=1, label="target")
-        ax.set_xlabel("training seconds (evaluation excluded)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"Fashion-MNIST, {raw['tta'][0]['workers']} workers at {raw['tta'][0]['rate']}")
-        ax.legend(fontsize=8)
-        written.append(save(fig, "time_to_accuracy.png"))
+        written.append(tta.plot(analysis["summary"]["tta"], raw["tta"], save))
     if raw["scaling"]:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
         specs = [r["spec"] for r in raw["scaling"][0]["results"] if "error" not in r]

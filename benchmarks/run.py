@@ -12,8 +12,10 @@ Phases (each a fresh emulated cluster; every job bounded by a timeout):
      without ``HOROVOD_TIMELINE``, which slows every Horovod step while set);
   2. scaling    — 2…4 hosts at `--scaling-rate` (≤ 200 Mbit/s so 2 cores keep up),
      all-reduce vs all-gather compressors on the Fashion-MNIST CNN;
-  3. time-to-accuracy — examples/torch_fashion_mnist.py per spec at `--rate`, accuracy logged every
-     `--eval-every` steps; the target is the uncompressed run's final accuracy.
+  3. time-to-accuracy — the examples' own loops (CNN test accuracy, LSTM validation perplexity) at
+     each of `--tta-rates`, `--tta-repeats` times: PyTorch DDP without and with ``powerSGD_hook``
+     (`--tta-ddp`) and Horovod with each of `--tta-specs`, running the same loop, beside the compute
+     floor of the same steps (`benchmarks.tta`).
 Then `benchmarks.report` fits the advisor's cost model and writes JSON, Markdown and PNGs to `--out`.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks.cluster import ClusterError, Cluster, check, enter_sandbox
-from horovod_powersgd import parse_spec
+from benchmarks import tta
 from benchmarks.tasks import median
 from horovod_powersgd import machine
 
@@ -38,10 +40,8 @@ STEP_SPECS = ("none;fp16;powersgd:rank=1;powersgd:rank=2;powersgd:rank=4;powersg
               f"{SINGLE_ROUND};powersgd:rank=4,alternate=True;{TWO_SIDED};signum;topk:ratio=0.01;"
               "randomk:ratio=0.01")
 SCALING_SPECS = f"none;powersgd:rank=2;{SINGLE_ROUND};{TWO_SIDED};signum;topk:ratio=0.01;randomk:ratio=0.01"
-TTA_SPECS = f"none;powersgd:rank=2;{SINGLE_ROUND};{TWO_SIDED};powersgd:rank=1;signum;topk:ratio=0.01"
-# Signum returns a ±1 vote per element (its own momentum inside): plain SGD with a small step, as its
-# docstring says; the examples' lr 0.05 + momentum 0.9 would be a 0.05-per-weight step.
-TTA_EXTRA_FLAGS = {"signum": ["--lr", "2e-4", "--momentum", "0"]}
+TTA_SPECS = f"none;powersgd:rank=2;{TWO_SIDED}"
+TTA_DDP = "none;powersgd:rank=2"
 
 
 def parse_args(argv=None):
@@ -59,13 +59,15 @@ def parse_args(argv=None):
     p.add_argument("--scaling", default="2,3,4", help="worker counts for phase 2 ('' to skip)")
     p.add_argument("--scaling-rate", default="200mbit")
     p.add_argument("--scaling-specs", default=SCALING_SPECS)
-    p.add_argument("--tta-specs", default=TTA_SPECS, help="'' to skip phase 3")
-    p.add_argument("--tta-epochs", type=int, default=2)
-    p.add_argument("--tta-compressed-epochs", type=int, default=None,
-                   help="epochs for every spec but 'none' (default: --tta-epochs). More lets a faster "
-                        "compressed run show when it reaches the target within the uncompressed "
-                        "run's training time; 'none' alone sets the target")
-    p.add_argument("--tta-train-limit", type=int, default=None)
+    p.add_argument("--tta-specs", default=TTA_SPECS, help="phase 3's Horovod runs ('' and no "
+                   "--tta-ddp: skip phase 3)")
+    p.add_argument("--tta-ddp", default=TTA_DDP, help="phase 3's DDP runs: none, powersgd:rank=R (the hook)")
+    p.add_argument("--tta-tasks", default="fashion_mnist,ptb_lstm")
+    p.add_argument("--tta-rates", default="1gbit,200mbit")
+    p.add_argument("--tta-repeats", type=int, default=2)
+    p.add_argument("--tta-epochs", type=int, default=2, help="the CNN's epochs")
+    p.add_argument("--tta-lstm-tokens", type=int, default=929589,
+                   help="the LSTM's training tokens (one epoch; default: all of them)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--smoke", action="store_true",
                    help="tiny models, 3 steps, 2 workers at 100 Mbit/s, a 4-batch time-to-accuracy run")
@@ -78,14 +80,8 @@ def parse_args(argv=None):
         args.rate, args.workers, args.tasks = "100mbit", 2, "fashion_mnist"
         args.specs, args.ddp_ranks, args.steps, args.warmup = "none;powersgd:rank=2", "2", 3, 1
         args.scaling, args.tta_specs, args.timeout = "", "none;powersgd:rank=2", min(args.timeout, 120)
+        args.tta_ddp, args.tta_tasks, args.tta_rates, args.tta_repeats = "powersgd:rank=2", "fashion_mnist", "100mbit", 1
     return args
-
-
-def tta_epochs(args, spec: str) -> int:
-    """Phase 3's epochs for ``spec``: the uncompressed run's set the target, the others' may run on."""
-    if spec.strip() == "none" or args.tta_compressed_epochs is None:
-        return args.tta_epochs
-    return args.tta_compressed_epochs
 
 
 def merge_repeats(jobs: list) -> dict:
@@ -202,27 +198,9 @@ def main(argv=None) -> int:
                 timeline_job(cluster, args, "fashion_mnist", args.scaling_specs, 3,
                              work / "timelines" / f"scaling{n}", timeline_env, tiny)))
 
-    # ---- phase 3: time-to-accuracy on the Fashion-MNIST example
-    tta_specs = [s for s in args.tta_specs.split(";") if s.strip()]
-    if tta_specs:
-        with Cluster(args.workers, args.rate, work) as cluster:
-            for spec in tta_specs:
-                log(f"time-to-accuracy: {spec}")
-                target = work / "raw" / f"tta.{len(raw['tta'])}.jsonl"
-                flags = (["--epochs", 1, "--max-batches", 4, "--train-limit", 2000, "--test-limit", 500,
-                          "--eval-every", 2] if args.smoke else
-                         ["--epochs", tta_epochs(args, spec), "--eval-every", args.eval_every]
-                         + (["--train-limit", args.tta_train_limit] if args.tta_train_limit else []))
-                flags += TTA_EXTRA_FLAGS.get(parse_spec(spec)[0], [])
-                results = cluster.run_horovod(python("-m", "examples.torch_fashion_mnist", "--compression",
-                                                     spec, "--no-progress", "--json", target, *flags),
-                                              env, args.timeout, f"tta-{len(raw['tta'])}")
-                if any(r.returncode for r in results):  # a compressor that fails to train is a result
-                    raw["skipped"].append({"phase": "tta", "spec": spec,
-                                           "error": results[0].log[-1500:]})
-                    continue
-                records = [json.loads(line) for line in target.read_text().splitlines()]
-                raw["tta"].append({"spec": spec, "rate": args.rate, "workers": args.workers, "records": records})
+    # ---- phase 3: time to accuracy, the examples' loops, ours against DDP's
+    if args.tta_specs.strip() or args.tta_ddp.strip():
+        tta.run_phase(args, lambda rate: Cluster(args.workers, rate, work), python, env, raw, work, log)
 
     raw["machine"] = {**machine.describe(), "cpus": os.cpu_count(), "smoke": args.smoke,
                       "command": "sudo .venv/bin/python -m benchmarks.run " + shlex.join(

@@ -13,7 +13,7 @@ Horovod's timeline of a few steps of that spec alone (every collective with its 
 taken in a job of its own (``--timeline-dir``) — three independent sources. The timed job runs
 without ``HOROVOD_TIMELINE``: with it set (even ``DYNAMIC``, recording nothing) Horovod tracks every
 tensor's negotiation for the timeline in every cycle, which made the LSTM's Horovod step 6–11 ms
-slower here (measured 2026-12-01) and would have handicapped us against the DDP peer.
+slower on the benchmark machine and would handicap us against the DDP peer.
 The DDP peer runs in a job of its own (`benchmarks.ddp_worker`): an idle Horovod in the same process
 slowed DDP's steps by 10–25 % here (its background thread cycles every few ms).
 Rank 0 writes one JSON file with every rank's numbers (gathered by Horovod).

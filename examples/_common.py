@@ -19,14 +19,18 @@ from ._report import Reporter, progress  # noqa: F401
 
 
 # ---------------------------------------------------------------------------- Horovod and threads
+def threads_per_rank(local_ranks: int) -> int:
+    """One share of this machine's cores per local rank (oversubscribing 2 cores with 2 ranks × N
+    intra-op threads makes every step slower and every timing noisier); ``OMP_NUM_THREADS`` wins."""
+    return int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // local_ranks)
+
+
 def init_horovod():
-    """hvd.init() and one share of this machine's cores per local rank (oversubscribing 2 cores with
-    2 ranks × N intra-op threads makes every step slower and every timing noisier)."""
+    """hvd.init() and `threads_per_rank` intra-op threads."""
     import horovod.torch as hvd
 
     hvd.init()
-    threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // hvd.local_size())
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads_per_rank(hvd.local_size()))
     return hvd
 
 
@@ -111,14 +115,3 @@ def load_checkpoint(path: Path, rank: int, model, optimizer, compression) -> dic
     compression.load_state_dict(state["compression"])
     torch.set_rng_state(state["torch_rng"])
     return state
-
-
-def average(hvd, value: float, name: str) -> float:
-    """The mean of a Python number over all ranks."""
-    return float(hvd.allreduce(torch.tensor([value], dtype=torch.float64), name=name).item())
-
-
-def total(hvd, value: float, name: str) -> float:
-    """The sum of a Python number over all ranks."""
-    return float(hvd.allreduce(torch.tensor([value], dtype=torch.float64), name=name,
-                               op=hvd.Sum).item())

@@ -2,6 +2,9 @@
 
     horovodrun -np 2 python -m examples.torch_ptb_lstm --compression powersgd:rank=2
     horovodrun -np 2 python -m examples.torch_ptb_lstm --compression none --train-tokens 200000
+    torchrun --nproc-per-node 2 -m examples.torch_ptb_lstm --engine ddp --compression powersgd:rank=2
+
+The same loop trains with PyTorch DDP and its powerSGD_hook instead (``--engine ddp``, `_engine`).
 
 The classic recipe (Zaremba et al. 2014, "small"): 2-layer LSTM, truncated back-propagation through
 ``--bptt`` steps, gradient-norm clipping, plain SGD; evaluated by perplexity exp(mean cross-entropy)
@@ -21,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _common
+from ._engine import add_engine_flag, make_engine
 from .datasets import PennTreebank, batchify
 
 
@@ -49,6 +53,10 @@ def parse_args(argv=None):
                         help="use the first N training tokens (all ranks together)")
     parser.add_argument("--eval-tokens", type=int, default=None,
                         help="use the first N validation/test tokens")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="also measure validation perplexity every N steps (time-to-accuracy "
+                             "curves; the evaluation time is not counted as training time)")
+    add_engine_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -56,10 +64,10 @@ def detach(state):
     return tuple(s.detach() for s in state) if state is not None else None
 
 
-def perplexity(hvd, model, ids: np.ndarray, bptt: int, batch_size: int = 10) -> float:
+def perplexity(engine, model, ids: np.ndarray, bptt: int, batch_size: int = 10) -> float:
     """exp(mean token cross-entropy); each rank scores its own columns, sums are combined."""
     model.eval()
-    data = torch.from_numpy(batchify(ids, batch_size * hvd.size()))[:, hvd.rank()::hvd.size()]
+    data = torch.from_numpy(batchify(ids, batch_size * engine.size()))[:, engine.rank()::engine.size()]
     loss_sum, count, state = 0.0, 0, None
     with torch.no_grad():
         for start in range(0, data.shape[0] - 1, bptt):
@@ -70,68 +78,68 @@ def perplexity(hvd, model, ids: np.ndarray, bptt: int, batch_size: int = 10) -> 
                                         reduction="sum").item()
             count += target.numel()
     model.train()
-    return math.exp(_common.total(hvd, loss_sum, "eval.loss") / _common.total(hvd, count, "eval.count"))
+    return math.exp(engine.total(loss_sum, "eval.loss") / engine.total(count, "eval.count"))
 
 
 def main(argv=None):
     args = parse_args(argv)
-    hvd = _common.init_horovod()
+    engine = make_engine(args)
     torch.manual_seed(args.seed)
     corpus = PennTreebank()
     train_ids = corpus.ids("train")[:args.train_tokens]
     valid_ids, test_ids = (corpus.ids(s)[:args.eval_tokens] for s in ("valid", "test"))
     # Contiguous stream → (T, batch·size) columns; rank k takes every size-th column.
-    train = torch.from_numpy(batchify(train_ids, args.batch_size * hvd.size()))[:, hvd.rank()::hvd.size()]
+    train = torch.from_numpy(batchify(train_ids, args.batch_size * engine.size()))[
+        :, engine.rank()::engine.size()]
 
     model = WordLSTM(corpus.vocab_size, args.embedding, args.hidden)
-    compression = _common.compression_from_spec(args.compression)
-    optimizer = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=args.lr),
-                                         named_parameters=model.named_parameters(),
-                                         compression=compression)
+    trained, optimizer = engine.distribute(model, torch.optim.SGD(model.parameters(), lr=args.lr))
     first_epoch = 0
     if args.resume:
-        first_epoch = _common.load_checkpoint(args.checkpoint, hvd.rank(), model, optimizer,
-                                              compression)["epoch"] + 1
+        first_epoch = _common.load_checkpoint(args.checkpoint, engine.rank(), model, optimizer,
+                                              engine.compression)["epoch"] + 1
     else:
-        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        engine.start_from_rank_0(model, optimizer)
 
-    reporter = _common.Reporter(hvd, args, "ptb_lstm", "valid_perplexity")
+    reporter = _common.Reporter(engine, args, "ptb_lstm", "valid_perplexity")
     starts = list(range(0, train.shape[0] - 1, args.bptt))
     if args.max_batches is not None:
         starts = starts[:args.max_batches]
     record, steps = None, 0
     for epoch in range(first_epoch, args.epochs):
         state, loss_sum, t0 = None, 0.0, time.perf_counter()
-        bar = _common.progress(starts, enabled=hvd.rank() == 0 and not args.no_progress,
+        bar = _common.progress(starts, enabled=engine.rank() == 0 and not args.no_progress,
                                desc=f"epoch {epoch}", total=len(starts))
         for start in bar:
+            step_start = time.perf_counter()
             seq = min(args.bptt, train.shape[0] - 1 - start)
             state = detach(state)  # truncated BPTT: carry the state, not its history
             optimizer.zero_grad()
-            logits, state = model(train[start:start + seq], state)
+            logits, state = trained(train[start:start + seq], state)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                    train[start + 1:start + 1 + seq].reshape(-1))
             loss.backward()
-            # Clip the *averaged* gradient, identically on every rank: synchronize() first
-            # (Horovod's documented pattern), then step without a second synchronization.
-            optimizer.synchronize()
-            nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            with optimizer.skip_synchronize():
-                optimizer.step()
+            # the *averaged* gradient is clipped, identically on every rank
+            engine.step(optimizer, lambda: nn.utils.clip_grad_norm_(model.parameters(), args.clip))
             loss_sum += loss.item()
             steps += 1
+            reporter.step_done(time.perf_counter() - step_start)
+            if args.eval_every and steps % args.eval_every == 0 and start != starts[-1]:
+                reporter.train_seconds += time.perf_counter() - t0
+                reporter.point(steps, perplexity(engine, model, valid_ids, args.bptt), engine)
+                t0 = time.perf_counter()
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(ppl=f"{math.exp(min(loss.item(), 20)):.0f}")
         reporter.train_seconds += time.perf_counter() - t0
-        train_loss = _common.average(hvd, loss_sum / max(1, len(starts)), "train.loss")
-        record = reporter.epoch(epoch, train_loss, perplexity(hvd, model, valid_ids, args.bptt),
-                                compression, steps)
+        train_loss = engine.average(loss_sum / max(1, len(starts)), "train.loss")
+        record = reporter.epoch(epoch, train_loss, perplexity(engine, model, valid_ids, args.bptt),
+                                engine, steps)
         if args.checkpoint is not None:
-            _common.save_checkpoint(args.checkpoint, hvd.rank(), epoch, model, optimizer, compression)
+            _common.save_checkpoint(args.checkpoint, engine.rank(), epoch, model, optimizer,
+                                    engine.compression)
     if record is not None:
-        record["test_perplexity"] = perplexity(hvd, model, test_ids, args.bptt)
-        if hvd.rank() == 0:
+        record["test_perplexity"] = perplexity(engine, model, test_ids, args.bptt)
+        if engine.rank() == 0:
             print(f"test perplexity {record['test_perplexity']:.1f}")
         reporter.final(record)
 

@@ -490,15 +490,15 @@ def pays_below(row: dict) -> str:
 #: what this project measured against a compressor's accuracy, said with any advice to use it
 ACCURACY_CAVEATS = {
     "powersgd.alternate": "the alternating scheme trained markedly worse than classic under momentum "
-                          "0.9 here (README, \"Single-round PowerSGD\")",
+                          "0.9 (docs, \"How it works\", the accuracy table)",
     "unbiased_lowrank": "unbiased rank-2 low-rank diverged under momentum 0.9 and reached 0.647 "
-                        "against 0.828 uncompressed without it in the README's momentum probe "
+                        "against 0.828 uncompressed without it in the momentum probe "
                         "(no error feedback: its variance goes straight into the step)",
 }
 
 
 #: predicted steps this close (relative) to the fastest are a tie at the model's accuracy (the
-#: calibrated model's median error was 4–13 % in the README's check)
+#: calibrated model's median error was 4–13 % in the calibration check, docs: advisor page)
 TIE_MARGIN = 0.05
 
 

@@ -667,9 +667,8 @@ def main(argv=None) -> int:
     compute_s = args.compute_ms / 1e3 if args.compute_ms is not None else None
     profile = None
     if args.batch:
-        # first: measured after the network and codec phases, the LSTM's plain step read 146–172 ms
-        # in four acceptance runs against the benchmark's 116–135 (README, the calibration check);
-        # why is not proven, the phases' allocations left behind are the suspect
+        # first: measured after the network and codec phases, the LSTM's plain step read 10–30 %
+        # slower than the benchmark's; the allocations those phases leave behind are the suspect
         progress("compute", 0)
         profile = measure_compute(hvd, model, load_object(args.batch)(model), args.budget * shares["compute"])
         compute_s = profile.step_s

@@ -8,7 +8,8 @@ which finds Horovod's optimizer) or, for the core classes on their own, from the
 which runs once the last tensor of a step has been decompressed (deferred backends) — the place
 where a second round is sent and waited for.
 
-Reliability rules every compressor follows (README, "Where it refuses"):
+Reliability rules every compressor follows (the user guide's troubleshooting page lists what the
+user sees of them):
 
 * Agreement: at the first step, and again after every `load_state_dict`, the ranks prove with one
   tiny collective that their compressors have the same class and configuration (`agreement`).

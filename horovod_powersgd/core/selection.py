@@ -13,8 +13,8 @@ Every entry outside C is smaller than q, which is at most every entry inside C, 
 the k largest of C are the k largest of all: the result is exact, and the sample only decides how
 fast it comes (a threshold set too high falls back to the full selection). Ties at the k-th
 magnitude may be broken differently from a full selection, as between any two top-k routines.
-Measured on this project's machine (README, "The codec at the memory floor"): 0.7 ms for the 1.6 M
-entries of the CNN's largest gradient at k = 1 %, against 11 ms for ``torch.topk`` there.
+On the CPU this buys ~15x over ``torch.topk`` for the CNN's largest gradient (1.6 M entries,
+k = 1 %); the figures are in the docs, "How it works", "The codec at the memory floor".
 """
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ class TorchBackend(Backend):
 
     def finite_flag(self, tensor):
         # min and max propagate NaN, and an inf is one of them: one pass and no boolean temporary,
-        # 8x faster than isfinite(tensor).all() on a 6 MB gradient here (README, "The codec")
+        # 8x faster than isfinite(tensor).all() on a 6 MB gradient (docs, "The codec at the memory floor")
         if tensor.numel() == 0 or not tensor.is_floating_point():
             return torch.ones((), dtype=torch.bool, device=tensor.device)
         low, high = torch.aminmax(tensor)
@@ -79,7 +79,7 @@ class TorchBackend(Backend):
     def row_norms(self, matrix):
         return torch.linalg.vector_norm(matrix, dim=1, keepdim=True)
 
-    # Products: the forms below are the fast ones measured with MKL (README, "The codec at the
+    # Products: the forms below are the fast ones measured with MKL (docs, "The codec at the
     # memory floor"): `P @ Q.t()` or `torch.mm(..., out=)` ran up to 2x slower than ``addmm_``, and
     # for r <= 2 r rank-1 updates (BLAS ger) 1.9x faster than MKL's k = 2 GEMM on AVX-512.
     # `matmul` is the base class's: ``.t()`` is a view, so BLAS gets a transpose flag, not a copy.
@@ -126,7 +126,7 @@ class TorchBackend(Backend):
         return tensor.sign()
 
     # On the CPU NumPy's packbits / unpackbits, which work a byte at a time, replace the shift-and-sum
-    # below: 17x faster packing and 30x faster unpacking measured here (README, "The codec at the
+    # below: 17x faster packing and 30x faster unpacking measured (docs, "The codec at the
     # memory floor"); both share the tensor's memory, no copy
     def pack_signs(self, tensor):
         if tensor.device.type == "cpu":

@@ -29,7 +29,7 @@ def test_benchmark_smoke_runs_end_to_end(tmp_path):
     _require_namespaces()
     with machine_lock():
         proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--repeats", "2", "--out", str(tmp_path)],
-                              cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=240)
+                              cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads((tmp_path / "benchmark.json").read_text())
     steps = {r["spec"]: r for r in result["raw"]["steps"][0]["results"]}
@@ -47,7 +47,13 @@ def test_benchmark_smoke_runs_end_to_end(tmp_path):
     # both jobs ran twice, alternating; every figure is the median of the two
     assert result["raw"]["steps"][0]["side_by_side"] and result["raw"]["steps"][0]["repeats"] == 2
     assert len(psgd["step_s_repeats"]) == len(ddp["step_s_repeats"]) == 2
-    assert [run["spec"] for run in result["raw"]["tta"]] == ["none", "powersgd:rank=2"]
+    assert [(run["engine"], run["spec"]) for run in result["raw"]["tta"]] == [
+        ("ddp", "powersgd:rank=2"), ("horovod", "none"), ("horovod", "powersgd:rank=2"), ("local", "none")]
+    table, = result["summary"]["tta"]
+    assert {row["label"] for row in table["rows"]} == {
+        "DDP + powerSGD_hook rank=2", "Horovod, none", "ours, powersgd:rank=2"}
+    assert all(len(row["final"]) == 1 and row["bytes_per_step_median"] > 0 for row in table["rows"])
+    assert table["floor_s"] > 0
     for name in ("benchmark.md", "step_breakdown.png", "time_to_accuracy.png", "advisor_fit.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert "| powersgd:rank=2 |" in (tmp_path / "benchmark.md").read_text()

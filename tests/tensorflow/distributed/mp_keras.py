@@ -17,7 +17,7 @@ def fit(compression, x, y, epochs):
     model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     # Horovod 0.28.1 hands MetricAverageCallback standalone Keras 3's backend (no `constant`);
-    # with tf-keras the callback needs tf-keras's backend (the README's documented workaround).
+    # with tf-keras the callback needs tf-keras's backend (the workaround the TensorFlow guide documents).
     metric_average = hvd_keras.callbacks.MetricAverageCallback()
     metric_average.backend = keras.backend
     model.fit(x, y, batch_size=64, epochs=epochs, shuffle=False, verbose=0,
