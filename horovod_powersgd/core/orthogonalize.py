@@ -60,14 +60,22 @@ def gram_schmidt(backend: "Backend", factor_t, epsilon: float):
 
 def renew_rows(backend: "Backend", factor_t, seed_t, epsilon: float):
     """The shared factor a warm-started step multiplies by: each row f_j of ``factor_t`` (r×s) as
-    it is where ‖f_j‖ > ``epsilon``, else row j of ``seed_t`` (the seeded initial factor).
+    the unit vector f_j / ‖f_j‖ where ‖f_j‖ > ``epsilon``, else row j of ``seed_t`` (the seeded
+    initial factor, unit rows).
+
+    Why unit rows: the next product P = M·F then scales with M alone. The reduced factor the classic
+    scheme continues from is Q̄ = Mᵀ P̂, itself of M's scale σ; multiplied by it as it is, P would be of
+    σ², and for a small gradient (entries ~1e-6) fall under ``epsilon`` and be taken for no direction
+    at all. Scaling the columns of P leaves every orthogonalized result the same in exact arithmetic.
 
     Why a seed: a row with no content left — the reduced factor had nothing in that direction,
     after an all-zero gradient (an unused layer, a zero-initialised layer above) or one of rank
     below r — would stay zero for good, since every later product M·0 is 0: the layer would never
     train again in that direction. The decision reads nothing but the all-reduced factor (and the
     seed, the same everywhere), so every rank makes it alike, on the device, without a host
-    round trip. Rows with content are left exactly as they are, so a step with no empty row
-    computes what plain warm start computes, bit for bit."""
+    round trip. Rows with content keep their direction, so a step with no empty row computes what
+    plain warm start computes, up to round-off."""
     b = backend
-    return b.where(b.row_norms(factor_t) > epsilon, factor_t, seed_t)
+    norms = b.row_norms(factor_t)
+    kept = norms > epsilon
+    return b.where(kept, factor_t / b.where(kept, norms, norms * 0 + 1), seed_t)

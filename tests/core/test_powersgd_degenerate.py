@@ -9,7 +9,7 @@ from horovod_powersgd.core.orthogonalize import renew_rows
 from horovod_powersgd.core.powersgd import PowerSGD
 from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradients
 
-from tests.core.ranks import assert_identical_across_ranks, outputs_of, simulate
+from tests.core.ranks import assert_identical_across_ranks, outputs_of, random_gradients, simulate
 from tests.powersgd_schemes import SCHEMES, every_scheme
 
 N = M = 10  # square: every scheme is lossless at rank min(n, m) (the alternating one needs n = m)
@@ -136,10 +136,26 @@ def test_checkpoint_resume_across_a_zero_step_is_bit_identical(scheme):
             np.testing.assert_array_equal(x, y)
 
 
-def test_renew_rows_keeps_rows_with_content_and_seeds_the_empty_ones():
+def test_renew_rows_keeps_the_directions_with_content_and_seeds_the_empty_ones():
     backend = NumpyBackend(None)
     factor = np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1e-9, 0.0]], dtype=np.float32)
     seed = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]], dtype=np.float32)
     renewed = renew_rows(backend, factor, seed, 1e-8)
-    np.testing.assert_array_equal(renewed, [[3, 4, 0], [0, 1, 0], [0, 0, 1]])
+    np.testing.assert_allclose(renewed, [[0.6, 0.8, 0], [0, 1, 0], [0, 0, 1]], rtol=1e-6)
+
+
+@every_scheme
+def test_a_small_gradient_is_compressed_as_a_large_one_scaled(scheme):
+    """Every product scales with M alone: a gradient 1e-6 times another (entries ~1e-6) gives the
+    same result 1e-6 times smaller, step after step — none of its directions is taken for empty."""
+    shapes = {"w": (12, 10)}
+
+    def run(scale):
+        results = simulate(lambda b: PowerSGD(b, rank=2, min_compression_rate=1.0, **SCHEMES[scheme]), 6,
+                           lambda rank, step: {"w": scale * random_gradients(shapes, rank, step)["w"]})
+        return outputs_of(results)
+
+    large, small = run(1.0), run(1e-6)
+    for step, (a, b) in enumerate(zip(large, small)):
+        np.testing.assert_allclose(b["w"] / 1e-6, a["w"], rtol=1e-3, atol=1e-5, err_msg=f"step {step}")
 

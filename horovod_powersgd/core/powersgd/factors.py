@@ -6,7 +6,7 @@ branch not taken, the layer below a zero-initialised head) reduces to a zero fac
 it would make every later product M·0 zero, and the layer would never train again. So each step
 multiplies by the previous factor *renewed* (`renew_rows`): a row of norm ≤ ε — no direction left,
 after a zero gradient or one of rank below r — is replaced by the same row of the seeded initial
-factor; every other row is kept as it is. The rule reads only all-reduced values and the seed, so
+factor; every other row keeps its direction, scaled to unit length. The rule reads only all-reduced values and the seed, so
 every rank applies it alike, on the device, with no host round trip; it is a function of the
 checkpointed factor, so a resumed or elastically synchronized run renews exactly as the original.
 """
@@ -52,6 +52,7 @@ class SharedFactors:
             return cached
         b = self.backend
         seed = np.ascontiguousarray(self.initial(state.side_size(side), state.rank, side=side).T)
+        seed /= np.linalg.norm(seed, axis=1, keepdims=True)  # unit rows, as `renew_rows` keeps them
         rows = b.cast(b.from_numpy(seed, like=like), dtype)
         if self._keeps_tensors:
             state.seeds[side] = rows

@@ -12,7 +12,11 @@ def fit(compression, x, y, epochs):
     tf.keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.layers.Flatten(input_shape=(1, 28, 28)),
                               keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
-    opt = hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.1, momentum=0.9),
+    # decayed to zero, so that both runs settle (at a constant 0.1, round-off alone moved the final
+    # accuracy by ±2 points: see the PyTorch band test)
+    steps = epochs * -(-len(x) // 64)
+    schedule = keras.optimizers.schedules.CosineDecay(0.05, decay_steps=steps)
+    opt = hvd_keras.DistributedOptimizer(keras.optimizers.SGD(schedule, momentum=0.9),
                                          compression=compression)
     model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
@@ -42,7 +46,7 @@ def test_model_fit_reaches_the_uncompressed_accuracy_band(hvd):
     acc = [np.mean(m.predict(x_test, verbose=0).argmax(1) == y_test) for m in (baseline, compressed)]
     print(f"rank {hvd.rank()}: Keras test accuracy uncompressed {acc[0]:.4f}, PowerSGD rank 4 "
           f"{acc[1]:.4f}; {compression.stats}")
-    assert acc[0] > 0.75
-    assert abs(acc[1] - acc[0]) < 0.02
+    assert acc[0] > 0.84
+    assert abs(acc[1] - acc[0]) < 0.015
     assert compression.stats.steps == 6 * (len(x) // 64 + (len(x) % 64 > 0))
     assert compression.stats.last_step.ratio > 20

@@ -28,14 +28,20 @@ def batches(x, y, epoch, batch_size=64):
         yield torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
 
 
-def train(hvd, compression, x, y, epochs, model=None, opt=None, start_epoch=0):
+def train(hvd, compression, x, y, epochs, model=None, opt=None, start_epoch=0, lr=0.1, cosine=False):
+    """SGD with momentum 0.9 at ``lr``; with ``cosine``, decayed to zero over ``epochs``."""
     model = model or make_model()
     if opt is None:
-        opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
                                        named_parameters=model.named_parameters(),
                                        compression=compression)
+    steps_per_epoch = len(x) // 64
     for epoch in range(start_epoch, epochs):
-        for xb, yb in batches(x, y, epoch):
+        for i, (xb, yb) in enumerate(batches(x, y, epoch)):
+            if cosine:
+                done = (epoch * steps_per_epoch + i) / (epochs * steps_per_epoch)
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * done))
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(xb), yb).backward()
             opt.step()
@@ -86,15 +92,17 @@ def test_trains_to_the_uncompressed_accuracy_band(hvd):
     from horovod.torch import Compression
 
     # The MLP's first layer is 128×784: rank 4 is 40x smaller and matches uncompressed in 6
-    # epochs; rank 2 lags (0.78 vs 0.82 after 6 epochs here) and needs longer training.
-    baseline, _ = train(hvd, Compression.none, x, y, epochs=6)
+    # epochs. The learning rate decays to zero, so that both runs settle: at a constant lr 0.1 both
+    # final accuracies moved by ±2 points with round-off alone (weights scaled by 1 + 1e-4), a band
+    # no comparison can be held to; decayed from 0.05, the difference stayed within ±0.6 points.
+    baseline, _ = train(hvd, Compression.none, x, y, epochs=6, lr=0.05, cosine=True)
     compression = PowerSGD(rank=4)
-    compressed, _ = train(hvd, compression, x, y, epochs=6)
+    compressed, _ = train(hvd, compression, x, y, epochs=6, lr=0.05, cosine=True)
     for p in compressed.parameters():
         assert_identical_across_ranks(hvd, p.detach())
     acc_base, acc_psgd = accuracy(baseline, x_test, y_test), accuracy(compressed, x_test, y_test)
     print(f"rank {hvd.rank()}: test accuracy uncompressed {acc_base:.4f}, PowerSGD rank 4 "
           f"{acc_psgd:.4f}, {compression.stats}")
-    assert acc_base > 0.75
-    assert abs(acc_psgd - acc_base) < 0.02
+    assert acc_base > 0.84
+    assert abs(acc_psgd - acc_base) < 0.015
     assert compression.stats.last_step.ratio > 20
