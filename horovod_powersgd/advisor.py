@@ -491,6 +491,8 @@ def pays_below(row: dict) -> str:
 ACCURACY_CAVEATS = {
     "powersgd.alternate": "the alternating scheme trained markedly worse than classic under momentum "
                           "0.9 (docs, \"How it works\", the accuracy table)",
+    "powersgd.two_sided": "the two-sided scheme trained about a point below classic under momentum "
+                          "0.9 (docs, \"How it works\", \"Choosing a scheme\")",
     "unbiased_lowrank": "unbiased rank-2 low-rank diverged under momentum 0.9 and reached 0.647 "
                         "against 0.828 uncompressed without it in the momentum probe "
                         "(no error feedback: its variance goes straight into the step)",

@@ -28,6 +28,13 @@ LOCK_PATH = "/tmp/horovod-powersgd-multiprocess.lock"
 LAUNCHERS = ("gloo", "mpi")
 
 
+def launcher_runs(both_launchers: list, gloo_only: list) -> list:
+    """(launcher, file) pairs: every file under Gloo; under MPI too the files whose paths depend on
+    Horovod's controller (the collectives themselves). The rest go through the same adapter code
+    whichever controller negotiates."""
+    return [("gloo", name) for name in both_launchers + gloo_only] + [("mpi", name) for name in both_launchers]
+
+
 @contextlib.contextmanager
 def machine_lock():
     with open(LOCK_PATH, "w") as handle:

@@ -3,15 +3,13 @@ that exercise Horovod's collectives themselves (all-reduce of PowerSGD's factors
 baselines) under MPI as well. The rest goes through the same adapter code under either controller."""
 import pytest
 
-from tests.launch import run_pytest
+from tests.launch import launcher_runs, run_pytest
 
 pytestmark = pytest.mark.distributed  # launches ranks of its own
 
 DISTRIBUTED = "tests/tensorflow/distributed"
-BOTH_LAUNCHERS = ["mp_powersgd_tf.py", "mp_baselines_tf.py"]
-GLOO_ONLY = ["mp_keras.py", "mp_reliability_tf.py", "mp_degenerate_tf.py"]
-RUNS = ([("gloo", name) for name in BOTH_LAUNCHERS + GLOO_ONLY]
-        + [("mpi", name) for name in BOTH_LAUNCHERS])
+RUNS = launcher_runs(both_launchers=["mp_powersgd_tf.py", "mp_baselines_tf.py"],
+                     gloo_only=["mp_keras.py", "mp_reliability_tf.py", "mp_degenerate_tf.py"])
 
 
 @pytest.mark.parametrize("launcher, test_file", RUNS)

@@ -4,15 +4,13 @@ all-reduce, all-gather) and the zero-gradient cases against Compression.none —
 Everything else goes through the same adapter code whichever controller negotiates."""
 import pytest
 
-from tests.launch import run_pytest
+from tests.launch import launcher_runs, run_pytest
 
 pytestmark = pytest.mark.distributed  # launches ranks of its own
 
 DISTRIBUTED = "tests/torch/distributed"
-BOTH_LAUNCHERS = ["mp_powersgd.py", "mp_baselines.py", "mp_degenerate.py"]
-GLOO_ONLY = ["mp_powersgd_robustness.py", "mp_training.py", "mp_reliability.py"]
-RUNS = ([("gloo", name) for name in BOTH_LAUNCHERS + GLOO_ONLY]
-        + [("mpi", name) for name in BOTH_LAUNCHERS])
+RUNS = launcher_runs(both_launchers=["mp_powersgd.py", "mp_baselines.py", "mp_degenerate.py"],
+                     gloo_only=["mp_powersgd_robustness.py", "mp_training.py", "mp_reliability.py"])
 
 
 @pytest.mark.parametrize("launcher, test_file", RUNS)
