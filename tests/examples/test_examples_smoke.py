@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from examples.datasets import DatasetMissing, fashion_mnist
+from examples.datasets import DatasetMissing, PennTreebank, fashion_mnist
+from horovod_powersgd.core.registry import build
 from tests.launch import run
 
 pytestmark = pytest.mark.distributed  # launches ranks of its own
@@ -24,6 +25,21 @@ def _records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _models():
+    """The examples' models as the smoke runs build them, by example."""
+    from examples.torch_fashion_mnist import FashionCNN
+    from examples.torch_ptb_lstm import WordLSTM
+
+    return {"torch_fashion_mnist": lambda: FashionCNN(),
+            "torch_ptb_lstm": lambda: WordLSTM(PennTreebank().vocab_size, 32, 32)}
+
+
+def _metric_in_range(metric: str, value: float) -> bool:
+    """Accuracy in [0, 1]; perplexity above 1 and not beyond a uniform guess over the vocabulary
+    (10k words) by more than 10 % after a few steps."""
+    return 0 <= value <= 1 if metric == "test_accuracy" else 1 < value < 11_000
+
+
 @pytest.mark.parametrize("example,flags,metric", [
     ("torch_fashion_mnist", ["--train-limit", 1200, "--test-limit", 200, "--eval-every", 2],
      "test_accuracy"),
@@ -38,7 +54,10 @@ def test_example_trains_checkpoints_and_resumes(tmp_path, example, flags, metric
     assert "RESULT" in out
     final = _records(log)[-1]
     assert final["final"] and final["epoch"] == 0 and final["steps"] == 3 and final["ranks"] == 2
-    assert final["compression_ratio"] > 5 and final["sent_bytes"] > 0 and final[metric] > 0
+    # exactly what the compressor's traffic description says, for every step
+    per_step = sum(build("powersgd:rank=2").wire_bytes(tuple(p.shape)) for p in _models()[example]().parameters())
+    assert final["sent_bytes"] == 3 * per_step and final["compression_ratio"] > 5
+    assert _metric_in_range(metric, final[metric]), final
 
     # One checkpoint per rank; the error buffers are each rank's own, so the files differ.
     states = [torch.load(f"{ckpt}.rank{r}", weights_only=False) for r in (0, 1)]
@@ -80,7 +99,8 @@ def test_tensorflow_example_trains_checkpoints_and_resumes(tmp_path, example):
     _launch([*common, "--epochs", 1], timeout=240)
     final = _records(log)[-1]
     assert final["final"] and final["epoch"] == 0 and final["steps"] == 3 and final["ranks"] == 2
-    assert final["compression_ratio"] > 3 and final["test_accuracy"] > 0
+    assert final["compression_ratio"] > 3 and _metric_in_range("test_accuracy", final["test_accuracy"])
+    assert 0 < final["train_loss"] < 3.5  # finite and not diverged (ln 10 ≈ 2.3 at a uniform guess)
     import tensorflow as tf
 
     # one checkpoint per rank, each with the compressor's state; error buffers differ between ranks
