@@ -202,8 +202,11 @@ def main(argv=None) -> int:
     if args.tta_specs.strip() or args.tta_ddp.strip():
         tta.run_phase(args, lambda rate: Cluster(args.workers, rate, work), python, env, raw, work, log)
 
+    # Horovod's settings in the environment reach every Horovod job: part of the command
+    settings = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(os.environ.items())
+                       if k.startswith("HOROVOD_"))
     raw["machine"] = {**machine.describe(), "cpus": os.cpu_count(), "smoke": args.smoke,
-                      "command": "sudo .venv/bin/python -m benchmarks.run " + shlex.join(
+                      "command": f"sudo {settings}.venv/bin/python -m benchmarks.run " + shlex.join(
                           argv if argv is not None else sys.argv[1:]),
                       "seconds": time.time() - started}
     log("report")
