@@ -102,7 +102,9 @@ def run_phase(args, cluster_for, python, env: dict, raw: dict, work: Path, log) 
 
 def _collect(raw: dict, results, target: Path, **run) -> None:
     if any(r.returncode for r in results) or not target.exists():
-        raw["skipped"].append({"phase": "tta", **run, "error": results[0].log[-1500:]})
+        failed = next((r for r in results if r.returncode), results[0])
+        raw["skipped"].append({"phase": "tta", **run, "returncodes": [r.returncode for r in results],
+                               "error": f"worker {failed.rank}: " + failed.log[-1500:]})
         return
     records = [json.loads(line) for line in target.read_text().splitlines()]
     raw["tta"].append({**run, "records": records})

@@ -95,6 +95,9 @@ class HorovodEngine:
         with optimizer.skip_synchronize():
             optimizer.step()
 
+    def close(self) -> None:
+        """Horovod shuts down at exit by itself."""
+
     def total(self, value: float, name: str) -> float:
         """The sum of a Python number over all ranks."""
         return float(self.hvd.allreduce(torch.tensor([value], dtype=torch.float64), name=name,
@@ -190,6 +193,11 @@ class DDPEngine:
         self.dist.all_reduce(tensor)
         return float(tensor.item())
 
+    def close(self) -> None:
+        """Leave together: a rank whose peer already closed its gloo connections may abort at exit."""
+        self.dist.barrier()
+        self.dist.destroy_process_group()
+
     def average(self, value: float, name: str) -> float:
         return self.total(value, name) / self.size()
 
@@ -221,6 +229,9 @@ class LocalEngine:
         if before_step is not None:
             before_step()
         optimizer.step()
+
+    def close(self) -> None:
+        pass
 
     def total(self, value: float, name: str) -> float:
         return float(value)

@@ -121,6 +121,7 @@ def main(argv=None):
                                     engine.compression)
     if record is not None:
         reporter.final(record)
+    engine.close()
 
 
 if __name__ == "__main__":

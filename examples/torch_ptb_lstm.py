@@ -142,6 +142,7 @@ def main(argv=None):
         if engine.rank() == 0:
             print(f"test perplexity {record['test_perplexity']:.1f}")
         reporter.final(record)
+    engine.close()
 
 
 if __name__ == "__main__":
