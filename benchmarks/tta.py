@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 #: per task: the example module, its metric, whether higher is better, the target's tolerance, and
-#: the flags of a full run and of a smoke run
+#: the flag that limits its training data (with the whole set's size where `task_flags` may leave
+#: the flag out)
 TASKS = {
     "fashion_mnist": {"module": "examples.torch_fashion_mnist", "metric": "test_accuracy",
                       "higher": True, "tolerance": 0.005, "label": "test accuracy",
                       "data_flag": "--train-limit", "data": 60000},
     "ptb_lstm": {"module": "examples.torch_ptb_lstm", "metric": "valid_perplexity",
                  "higher": False, "tolerance": 0.02, "label": "validation perplexity",
-                 "data_flag": "--train-tokens", "data": None},
+                 "data_flag": "--train-tokens"},  # `task_flags` always gives it
 }
 #: the comparison peer: DDP with PyTorch's own PowerSGD hook at our rank
 PEER = ("ddp", "powersgd:rank=2")
@@ -65,7 +66,7 @@ def floor_flags(task: str, flags: list, workers: int) -> list:
         i = flags.index(spec["data_flag"]) + 1
         flags[i] = int(flags[i]) // workers
     else:
-        flags += [spec["data_flag"], (spec["data"] or 929589) // workers]
+        flags += [spec["data_flag"], spec["data"] // workers]
     return flags
 
 
@@ -132,9 +133,14 @@ def _median(values: list) -> Optional[float]:
 OLDER_RUN = {"engine": "horovod", "task": "fashion_mnist", "repeat": 0}
 
 
+def _runs(raw_tta: List[dict]) -> List[dict]:
+    """The recorded runs, those of an earlier phase given its one engine, task and repeat."""
+    return [{**OLDER_RUN, **run} for run in raw_tta]
+
+
 def analyse(raw_tta: List[dict]) -> List[dict]:
     """One table per (task, rate): per run, the medians over repeats and their spread."""
-    raw_tta[:] = [{**OLDER_RUN, **run} for run in raw_tta]
+    raw_tta = _runs(raw_tta)
     tables = []
     # both workers of the floor job write their records: the slower one is the floor
     floors = {r["task"]: max((x for x in r["records"] if x.get("final")), key=lambda x: x["train_seconds"])
@@ -267,7 +273,7 @@ def plot(tables: List[dict], raw_tta: List[dict], save) -> Optional[str]:
     fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4.2), squeeze=False)
     for ax, t in zip(axes[0], tables):
         metric = t["metric"]
-        for run in raw_tta:
+        for run in _runs(raw_tta):
             if run["task"] == t["task"] and run["rate"] == t["rate"] and run["repeat"] == 0:
                 pts = sorted((r for r in run["records"] if metric in r), key=lambda r: r["train_seconds"])
                 ax.plot([r["train_seconds"] for r in pts], [r[metric] for r in pts], marker=".",

@@ -56,10 +56,50 @@ def make_engine(args):
     return HorovodEngine(args.compression)
 
 
-class HorovodEngine:
+class _Engine:
+    """What every engine does alike unless it says otherwise: one process's view (rank 0 of 1),
+    the model and optimizer as they are, the gradient stepped as ``backward`` left it."""
+
+    def rank(self) -> int:
+        return 0
+
+    def size(self) -> int:
+        return 1
+
+    def distribute(self, model, optimizer):
+        """(the model to train, the optimizer to step) for this engine."""
+        return model, optimizer
+
+    def start_from_rank_0(self, model, optimizer) -> None:
+        """Make every rank start from rank 0's weights and optimizer state (nothing to do here)."""
+
+    @property
+    def compression(self):
+        raise TypeError(f"--engine {self.name} has no compressor state to checkpoint")
+
+    def step(self, optimizer, before_step=None) -> None:
+        """``optimizer.step()`` on the averaged gradient; ``before_step()`` (e.g. clipping) sees it
+        first, identically on every rank."""
+        if before_step is not None:
+            before_step()
+        optimizer.step()
+
+    def total(self, value: float, name: str) -> float:
+        """The sum of a Python number over all ranks."""
+        return float(value)
+
+    def average(self, value: float, name: str) -> float:
+        return self.total(value, name) / self.size()
+
+    def close(self) -> None:
+        """Leave the job (nothing to do here)."""
+
+
+class HorovodEngine(_Engine):
     """Horovod's ``DistributedOptimizer`` with the compressor ``spec`` names."""
 
     name = "horovod"
+    compression = None  # set per instance: the compressor ``spec`` names
 
     def __init__(self, spec: str):
         self.hvd = _common.init_horovod()
@@ -76,7 +116,6 @@ class HorovodEngine:
         return self.compression.stats
 
     def distribute(self, model, optimizer):
-        """(the model to train, the optimizer to step) for this engine."""
         return model, self.hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
                                                     compression=self.compression)
 
@@ -85,8 +124,8 @@ class HorovodEngine:
         self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
     def step(self, optimizer, before_step=None) -> None:
-        """``optimizer.step()`` on the averaged gradient; ``before_step()`` sees it first (e.g.
-        clipping), identically on every rank: Horovod's documented synchronize / skip pattern."""
+        """With ``before_step``, Horovod's documented pattern: synchronize, then step without a
+        second synchronization."""
         if before_step is None:
             optimizer.step()
             return
@@ -95,16 +134,9 @@ class HorovodEngine:
         with optimizer.skip_synchronize():
             optimizer.step()
 
-    def close(self) -> None:
-        """Horovod shuts down at exit by itself."""
-
     def total(self, value: float, name: str) -> float:
-        """The sum of a Python number over all ranks."""
         return float(self.hvd.allreduce(torch.tensor([value], dtype=torch.float64), name=name,
                                         op=self.hvd.Sum).item())
-
-    def average(self, value: float, name: str) -> float:
-        return self.total(value, name) / self.size()
 
 
 class _CountingCollectives:
@@ -124,8 +156,9 @@ class _CountingCollectives:
         return getattr(self._dist, name)
 
 
-class DDPEngine:
-    """``DistributedDataParallel`` (gloo), without a hook or with ``powerSGD_hook``."""
+class DDPEngine(_Engine):
+    """``DistributedDataParallel`` (gloo), without a hook or with ``powerSGD_hook``. DDP broadcasts
+    rank 0's parameters when it wraps the model, and averages the gradients during ``backward``."""
 
     name = "ddp"
 
@@ -170,18 +203,8 @@ class DDPEngine:
         ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
         return ddp, optimizer
 
-    def start_from_rank_0(self, model, optimizer) -> None:
-        """DDP broadcasts rank 0's parameters when it wraps the model; the optimizer starts empty."""
-
-    @property
-    def compression(self):
-        raise TypeError("--engine ddp has no compressor state to checkpoint")
-
     def step(self, optimizer, before_step=None) -> None:
-        """DDP averaged the gradients during ``backward``; ``before_step`` sees them, then the step."""
-        if before_step is not None:
-            before_step()
-        optimizer.step()
+        super().step(optimizer, before_step)
         self.stats.begin_step()
         sent = self._sent[0] if self.hook_rank else self._gradient_bytes
         self.stats.add(uncompressed=self._gradient_bytes, sent=sent)
@@ -198,11 +221,8 @@ class DDPEngine:
         self.dist.barrier()
         self.dist.destroy_process_group()
 
-    def average(self, value: float, name: str) -> float:
-        return self.total(value, name) / self.size()
 
-
-class LocalEngine:
+class LocalEngine(_Engine):
     """One process, nothing communicated: the compute floor of the loop's steps."""
 
     name = "local"
@@ -212,29 +232,3 @@ class LocalEngine:
             raise SystemExit(f"--engine local communicates nothing: --compression must be none, got {spec!r}")
         torch.set_num_threads(_common.threads_per_rank(1))
         self.stats = CompressionStats()
-
-    def rank(self) -> int:
-        return 0
-
-    def size(self) -> int:
-        return 1
-
-    def distribute(self, model, optimizer):
-        return model, optimizer
-
-    def start_from_rank_0(self, model, optimizer) -> None:
-        pass
-
-    def step(self, optimizer, before_step=None) -> None:
-        if before_step is not None:
-            before_step()
-        optimizer.step()
-
-    def close(self) -> None:
-        pass
-
-    def total(self, value: float, name: str) -> float:
-        return float(value)
-
-    def average(self, value: float, name: str) -> float:
-        return float(value)
