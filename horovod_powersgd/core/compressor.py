@@ -28,6 +28,8 @@ import dataclasses
 import warnings
 from typing import Any, Dict, List
 
+import numpy as np
+
 from .agreement import check_agreement
 from .backend import FLOAT_DTYPES, Backend, TensorIdentity, itemsize
 from .shapes import numel
@@ -66,6 +68,7 @@ class Compressor:
         self._step_finite: list = []  # one boolean scalar per reduced tensor of the current step
         self._loss_scale = None  # the loss scale the buffers are in (None: never given)
         self._scale_reader = None  # `follow_loss_scale`'s source of each step's scale
+        self._buffer_scales: Dict[str, Any] = {}  # graph backends following a scale: per tensor
         self._warned_loss_scale = False
 
     @property
@@ -242,6 +245,10 @@ class Compressor:
     def _scaled_slots(self):
         """Slots holding values in units of the gradient (error buffers, momentum): what a change
         of loss scale must rescale. Warm-start factors are scale-free (P̂ is orthonormalized)."""
+        return [slot for state in self._tensors.values() for slot in self._scaled_slots_of(state)]
+
+    def _scaled_slots_of(self, state):
+        """The slots of one tensor's state that `_scaled_slots` lists (existing ones only)."""
         return ()
 
     def rescale_state(self, factor: float) -> None:
@@ -257,6 +264,8 @@ class Compressor:
         b = self.backend
         for slot in self._scaled_slots():
             b.write_state(slot, b.read_state(slot) * float(factor))
+        for held in self._buffer_scales.values():  # the buffers' units moved with them (0 stays 0)
+            b.write_state(held, b.read_state(held) * np.float32(factor))
 
     def set_loss_scale(self, scale: float) -> None:
         """Tell the compressor the loss scale that the *next* step's gradients are multiplied by;
@@ -269,32 +278,84 @@ class Compressor:
         self._loss_scale = scale
 
     def follow_loss_scale(self, scale):
-        """Read the loss scale of every step from ``scale`` — a zero-argument callable returning
-        it, or an object with ``get_scale()`` (PyTorch's ``GradScaler``) — at the step's first
-        gradient, before any buffer is read: `set_loss_scale` with the scale that step's gradients
-        were computed in, so the buffers are always in the units of the gradients they are added
-        to, for any schedule of the scaler (growth, backoff after an overflow, ``update(new_scale=)``).
-        Returns the compressor. On a GPU, ``GradScaler.get_scale()`` reads the scale to the host:
-        one synchronization per step.
+        """Read the loss scale of every step from ``scale``, so the buffers are always in the units
+        of the gradients they are added to, for any schedule of the scaler (growth, backoff after
+        an overflow, ``update(new_scale=)``). ``scale`` is PyTorch's ``GradScaler`` (its
+        ``get_scale()``), Keras' ``LossScaleOptimizer`` (its ``loss_scale``), or a zero-argument
+        callable returning the scale. Returns the compressor.
 
-        Graph backends (TensorFlow inside ``tf.function``) cannot call back into Python per step:
-        call ``set_loss_scale(float(opt.loss_scale))`` before every step there instead."""
-        if not self.backend.deferred:
-            raise TypeError(f"{type(self).__name__}.follow_loss_scale: the step runs in a graph, "
-                            f"which cannot read the scale through Python each step; call "
-                            f"set_loss_scale(float(optimizer.loss_scale)) before every step")
-        reader = getattr(scale, "get_scale", scale)
+        Eager backends (PyTorch) read it at each step's first gradient, before any buffer is read,
+        and call `set_loss_scale` with it; on a GPU, ``GradScaler.get_scale()`` reads the scale to
+        the host: one synchronization per step.
+
+        Graph backends (TensorFlow, in or out of ``tf.function``) read it inside the graph, once per
+        gradient, so the callable must return a tensor or variable, not a Python number, which a
+        trace would freeze. Each tensor remembers the scale s_b its buffers are in; before they are
+        read they are multiplied by s/s_b, s the scale of this step's gradient (`_into_step_units`)."""
+        if hasattr(scale, "get_scale"):
+            reader = scale.get_scale
+        elif hasattr(scale, "loss_scale") and not callable(scale):
+            reader = lambda: scale.loss_scale  # noqa: E731 (the optimizer's variable, read per step)
+        else:
+            reader = scale
         if not callable(reader):
-            raise TypeError(f"{type(self).__name__}.follow_loss_scale: expected a callable returning "
-                            f"the loss scale or an object with get_scale() (a GradScaler), got "
+            raise TypeError(f"{type(self).__name__}.follow_loss_scale: expected a GradScaler, a "
+                            f"LossScaleOptimizer or a callable returning the loss scale, got "
                             f"{type(scale).__name__}")
         self._scale_reader = reader
         return self
 
     def _read_loss_scale(self) -> None:
-        """At a step's first gradient: the scale it was computed in (`follow_loss_scale`)."""
-        if self._scale_reader is not None:
+        """At a step's first gradient: the scale it was computed in (`follow_loss_scale`). Graph
+        backends read it per tensor instead (`_into_step_units`)."""
+        if self._scale_reader is not None and self.backend.deferred:
             self.set_loss_scale(self._scale_reader())
+
+    def _follows_in_graph(self) -> bool:
+        return self._scale_reader is not None and not self.backend.deferred
+
+    def _into_step_units(self, name: str, slots) -> None:
+        """Graph backends following a loss scale: multiply tensor ``name``'s buffers in gradient
+        units (``slots``, just before they are read) by s/s_b and record s as their scale, where s
+        is the scale of this step's gradients, read in the graph, and s_b the scale they were in
+        (0: unknown, left as they are). A change of units, not of state, so it is not staged: a
+        step that turns out non-finite keeps the buffers, and they stay right in s's units."""
+        if not self._follows_in_graph() or not slots:
+            return
+        b = self.backend
+        now = self._scale_reader()
+        if isinstance(now, (int, float)):
+            raise TypeError(f"{type(self).__name__}.follow_loss_scale: the callable returned the "
+                            f"Python number {now!r}, which a traced graph would keep for ever; "
+                            f"return a tensor or variable (or pass the LossScaleOptimizer)")
+        now = b.cast(now, "float32")
+        held = self._buffer_scales.get(name)
+        if held is None:
+            held = self._buffer_scales[name] = self._new_slot(
+                np.float32(self._loss_scale or 0.0), f"{name}/scale")
+        before = b.read_state(held)
+        ratio = b.where(before > 0, now / before, 1.0)
+        for slot in slots:
+            value = b.read_state(slot)
+            b.write_state(slot, value * b.cast(ratio, b.dtype_name(value)))
+        b.write_state(held, now)
+
+    def _settle_buffer_scales(self) -> None:
+        """Graph backends following a loss scale, between steps: every tensor's buffers into the
+        units of the scale the next step will use, which becomes ``loss_scale`` of `state_dict` —
+        one scale for the whole state, as eager backends keep it."""
+        if not self._follows_in_graph() or not self._buffer_scales:
+            return
+        b = self.backend
+        target = float(self._scale_reader())
+        for name, held in self._buffer_scales.items():
+            before = float(b.read_state(held))
+            state = self._tensors.get(name)
+            if before > 0 and before != target and state is not None:
+                for slot in self._scaled_slots_of(state):
+                    b.write_state(slot, b.read_state(slot) * (target / before))
+            b.write_state(held, np.float32(target))
+        self._loss_scale = target
 
     # ------------------------------------------------------------------ agreement across ranks
     def _agree(self, identity: TensorIdentity, like) -> None:
@@ -342,6 +403,7 @@ class Compressor:
         """Per-tensor state of *this rank* (error buffers differ between ranks: save one per rank)."""
         if self._in_flight:
             raise RuntimeError("state_dict() called in the middle of a step (tensors in flight)")
+        self._settle_buffer_scales()
         return {"compressor": type(self).__name__, "config": self.config(),
                 "loss_scale": self._loss_scale,  # shared by all ranks
                 "tensors": {name: self._export_tensor_state(state)
@@ -358,6 +420,8 @@ class Compressor:
                          for name, value in state_dict["tensors"].items()}
         if state_dict.get("loss_scale") is not None:  # absent from state saved without one
             self._loss_scale = float(state_dict["loss_scale"])
+        for held in self._buffer_scales.values():  # the restored buffers are in one scale
+            self.backend.write_state(held, np.float32(self._loss_scale or 0.0))
         self._abandon_step()
         self._restored_names = set(self._tensors)
         self._agreed = False  # another rank may have restored something else: check again

@@ -48,6 +48,7 @@ class StatefulCompressor(Compressor):
         elif state.shape != ctx.shape:
             raise ValueError(f"{type(self).__name__}: gradient {name!r} changed shape from "
                              f"{state.shape} to {ctx.shape}; state is keyed by parameter name")
+        self._into_step_units(name, self._scaled_slots_of(state))
         return state.slots
 
     def _read(self, slots, field, like):
@@ -62,10 +63,8 @@ class StatefulCompressor(Compressor):
     def _guard_output(self, out, finite):
         return self._poisoned_output(out, finite)  # votes and scatters can hide an overflow
 
-    def _scaled_slots(self):
-        for state in self._tensors.values():
-            for field in self.buffers:  # error buffers and momentum: gradient units
-                yield state.slots[field]
+    def _scaled_slots_of(self, state: TensorState):
+        return [state.slots[field] for field in self.buffers]  # error buffers, momentum: gradient units
 
     # ------------------------------------------------------------------ checkpointing
     def _export_tensor_state(self, state: TensorState) -> dict:

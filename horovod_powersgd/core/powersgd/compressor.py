@@ -125,6 +125,7 @@ class PowerSGD(Compressor):
         b = self.backend
         if state.error is None:
             state.error = self._new_slot(b.zeros(state.matrix, dtype, like=like), f"{name}/error")
+        self._into_step_units(name, [state.error])
         error = b.read_state(state.error)
         moved = b.to_device_of(error, like)
         if moved is not error:  # restored on the host: keep the device copy (it is written in place)
@@ -204,9 +205,9 @@ class PowerSGD(Compressor):
         self._retiring.clear()
         self._steps.abandon()
 
-    def _scaled_slots(self):
-        """The error buffers: they hold gradient mass, in the loss scale's units."""
-        return [state.error for state in self._tensors.values() if state.error is not None]
+    def _scaled_slots_of(self, state: TensorState):
+        """The error buffer: it holds gradient mass, in the loss scale's units."""
+        return [] if state.error is None else [state.error]
 
     # ------------------------------------------------------------------ checkpointing
     def _export_tensor_state(self, state: TensorState) -> dict:

@@ -50,3 +50,45 @@ def test_model_fit_reaches_the_uncompressed_accuracy_band(hvd):
     assert abs(acc[1] - acc[0]) < 0.015
     assert compression.stats.steps == 6 * (len(x) // 64 + (len(x) % 64 > 0))
     assert compression.stats.last_step.ratio > 20
+
+
+def fit_scaled(hvd, compression, follow):
+    """model.fit of a small model on random data with Keras' LossScaleOptimizer around Horovod's
+    DistributedOptimizer (the order Horovod 0.28.1 can build; the other raises in its
+    ``from_config``): Horovod reduces the *scaled* gradients, growing from 2**10 every 2 steps.
+    ``follow=None``: plain SGD on the unscaled loss, the reference. Returns the weights."""
+    import horovod.tensorflow.keras as hvd_keras
+    import tensorflow as tf
+    import tf_keras as keras
+
+    tf.keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Dense(32, activation="tanh", input_shape=(16,)),
+                              keras.layers.Dense(8)])
+    opt = hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.05), compression=compression)
+    if follow is not None:
+        opt = keras.mixed_precision.LossScaleOptimizer(opt, initial_scale=2.0 ** 10,
+                                                       dynamic_growth_steps=2)
+    if follow:
+        compression.follow_loss_scale(opt)
+    model.compile(opt, "mse")
+    rng = np.random.default_rng(hvd.rank())
+    x = rng.standard_normal((192, 16)).astype(np.float32)
+    y = rng.standard_normal((192, 8)).astype(np.float32)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
+              callbacks=[hvd_keras.callbacks.BroadcastGlobalVariablesCallback(0)])
+    if follow is not None:
+        assert float(opt.loss_scale) == 2.0 ** 16  # 12 steps: grown 6 times
+    return np.concatenate([w.ravel() for w in model.get_weights()])
+
+
+def test_model_fit_with_loss_scale_optimizer_follows_the_scale(hvd):
+    """Powers of two scale exactly: following the optimizer's scale, the scaled run is the unscaled
+    one; ignoring it, the error buffers meet gradients of twice their scale and the runs part."""
+    from horovod_powersgd.tensorflow import PowerSGD
+
+    reference = fit_scaled(hvd, PowerSGD(rank=2), follow=None)
+    followed = fit_scaled(hvd, PowerSGD(rank=2), follow=True)
+    ignored = fit_scaled(hvd, PowerSGD(rank=2), follow=False)
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(followed, reference, rtol=0, atol=1e-5 * scale)
+    assert np.abs(ignored - reference).max() > 1e-3 * scale

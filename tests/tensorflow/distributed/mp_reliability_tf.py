@@ -128,11 +128,109 @@ def test_checkpoint_restored_into_a_smaller_model_fails_loudly(hvd, tmp_path_fac
         step(*data(hvd, 0))
 
 
+def scaled_training(hvd, make, schedule, follow=True, resume_at=None):
+    """Weights after every finite step of a run whose loss is scaled by Keras' LossScaleOptimizer
+    (the scale doubles after every 2 finite steps and halves after an overflow), and the scale of
+    each step; ``schedule`` marks with True the steps where rank 1's loss overflows. ``follow=None``:
+    an unscaled plain-SGD run of the finite steps' data, the reference. ``resume_at``: before that
+    step, a new compressor continues from the old one's `state_dict`."""
+    model = build_model()
+    rng = np.random.default_rng(0)  # the same weights in every run of the test
+    model.set_weights([rng.uniform(-0.3, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
+    if follow is None:
+        opt = keras.optimizers.SGD(0.05)
+    else:
+        opt = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(0.05),
+                                                       initial_scale=2.0 ** 10, dynamic_growth_steps=2)
+
+    def train_step(compression):
+        if follow:
+            compression.follow_loss_scale(opt)
+
+        @tf.function
+        def step(x, y, factor):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(model(x) - y)) * factor
+                if follow is not None:
+                    loss = opt.get_scaled_loss(loss)
+            tape = hvd.DistributedGradientTape(tape, compression=compression)
+            grads = tape.gradient(loss, model.trainable_variables)
+            if follow is not None:
+                grads = opt.get_unscaled_gradients(grads)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+
+        return step
+
+    compression = make()
+    step = train_step(compression)
+    weights = [np.concatenate([v.numpy().ravel() for v in model.trainable_variables])]
+    scales, finite_step = [], 0
+    for index, overflows in enumerate(schedule):
+        if overflows and follow is None:
+            continue  # the reference has no such step
+        if index == resume_at:
+            saved = compression.state_dict()
+            assert saved["loss_scale"] == float(opt.loss_scale)  # the next step's scale
+            compression = make()
+            compression.load_state_dict(saved)
+            step = train_step(compression)
+        x, y = data(hvd, finite_step)
+        scales.append(None if follow is None else float(opt.loss_scale))
+        step(x, y, np.float32(np.inf if overflows and hvd.rank() == 1 else 1.0))
+        if not overflows:
+            weights.append(np.concatenate([v.numpy().ravel() for v in model.trainable_variables]))
+            finite_step += 1
+    return weights, scales
+
+
+def assert_same_run(expected, actual):
+    travelled = np.abs(expected[-1] - expected[0]).max()
+    assert len(expected) == len(actual)
+    for k, (a, b) in enumerate(zip(expected, actual)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * travelled, err_msg=f"finite step {k}")
+
+
+SCALED_TF = {"powersgd": lambda: PowerSGD(rank=2), "powersgd-two_sided": lambda: PowerSGD(rank=2, two_sided=True),
+             "topk": lambda: TopK(ratio=0.2)}
+
+
+@pytest.mark.parametrize("name", list(SCALED_TF))
+def test_follow_loss_scale_in_a_graph_equals_the_unscaled_run(hvd, name):
+    """``follow_loss_scale(opt)`` with Keras' LossScaleOptimizer inside ``tf.function``: with scales
+    that are powers of two, scaling is exact in floating point, so the run equals plain SGD on the
+    unscaled loss without the overflowed steps, through growth every 2 steps and two backoffs. Without
+    following the scale, the error buffers meet gradients of another scale and the runs part."""
+    schedule = [False] * 5 + [True] + [False] * 4 + [True] + [False] * 3
+    reference, _ = scaled_training(hvd, SCALED_TF[name], schedule, follow=None)
+    followed, scales = scaled_training(hvd, SCALED_TF[name], schedule)
+    ignored, _ = scaled_training(hvd, SCALED_TF[name], schedule, follow=False)
+    assert len(set(scales)) >= 3  # the scale grew and backed off
+    assert_same_run(reference, followed)
+    travelled = np.abs(reference[-1] - reference[0]).max()
+    assert np.abs(ignored[-1] - reference[-1]).max() > 1e-3 * travelled
+
+
+def test_follow_loss_scale_in_a_graph_resumes_from_state_dict(hvd):
+    """`state_dict` between steps brings the buffers into the next step's scale (here just grown to
+    2**11) and saves it as ``loss_scale``: a compressor restored from it continues the same run."""
+    schedule = [False] * 3 + [True] + [False] * 3
+    uninterrupted, _ = scaled_training(hvd, lambda: PowerSGD(rank=2), schedule)
+    resumed, scales = scaled_training(hvd, lambda: PowerSGD(rank=2), schedule, resume_at=2)
+    assert scales[2] == 2 * scales[1]
+    assert_same_run(uninterrupted, resumed)
+
+
+def test_follow_loss_scale_in_a_graph_refuses_a_python_number(hvd):
+    run = FixedGradients(SHAPES).make_step(hvd, PowerSGD(rank=2).follow_loss_scale(lambda: 8.0))
+    with pytest.raises(Exception, match="Python number 8.0"):
+        run(local_gradients(SHAPES, hvd.rank(), 0))
+
+
 def test_keras_loss_scale_optimizer_with_mixed_precision(hvd):
-    """mixed_float16 + Keras' LossScaleOptimizer in a custom loop: the compressor sees the scaled
-    float32 gradients; rank 1's loss overflows at step 10 of 24, every rank skips that step (the
-    scale halves, ``set_loss_scale`` before the next step rescales the error buffers), the 13 later
-    steps are finite and applied, and the weights are identical on both ranks after every step."""
+    """mixed_float16 + Keras' LossScaleOptimizer in a custom loop, the compressor following the
+    optimizer's scale: rank 1's loss overflows at step 10 of 24, every rank skips that step (the
+    scale halves, the error buffers follow it inside the graph), the 13 later steps are finite and
+    applied, and the weights are identical on both ranks after every step."""
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = keras.Sequential([keras.layers.Dense(32, activation="tanh", input_shape=(16,)),
@@ -140,10 +238,8 @@ def test_keras_loss_scale_optimizer_with_mixed_precision(hvd):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     hvd.broadcast_variables(model.variables, root_rank=0)
-    compression = PowerSGD(rank=2)
-    with pytest.raises(TypeError, match="set_loss_scale"):
-        compression.follow_loss_scale(lambda: 1.0)  # a tf.function cannot read it per step
     opt = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(0.05))
+    compression = PowerSGD(rank=2).follow_loss_scale(opt)
 
     @tf.function
     def step(x, y, factor):
@@ -158,7 +254,6 @@ def test_keras_loss_scale_optimizer_with_mixed_precision(hvd):
     finite, scales = [], []
     for s in range(24):
         x, y = data(hvd, s)
-        compression.set_loss_scale(float(opt.loss_scale))  # the scale this step is computed in
         grads = step(x, y, np.float32(np.inf if (s == 10 and hvd.rank() == 1) else 1.0))
         finite.append(all(np.isfinite(g.numpy()).all() for g in grads))
         scales.append(float(opt.loss_scale))
