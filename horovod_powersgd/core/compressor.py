@@ -238,8 +238,9 @@ class Compressor:
                 f"{type(self).__name__}: a step's reduced gradient was not finite (skipped, state "
                 f"kept), and this compressor was never told the loss scale. If a loss scaler (AMP) "
                 f"is at work, its buffers must follow the scale: call "
-                f"compression.follow_loss_scale(scaler) once before training (or "
-                f"set_loss_scale(scale) before every step).", RuntimeWarning,
+                f"compression.follow_loss_scale(scaler) once before training, with the GradScaler "
+                f"or Keras LossScaleOptimizer (or set_loss_scale(scale) before every step).",
+                RuntimeWarning,
                 stacklevel=3)
 
     def _scaled_slots(self):

@@ -78,6 +78,14 @@ class _TensorFlowAdapter:
 
     def _count_nonfinite(self, finite) -> None:
         self._window_finite = finite  # a graph tensor: counted by `_count`'s variable
+        if self._scaled_slots() and self._loss_scale is None and self._scale_reader is None:
+            # the warning of eager backends, from the graph: a host call on non-finite steps only
+            tf.cond(finite, lambda: tf.constant(True),
+                    lambda: tf.py_function(self._warn_from_graph, [], tf.bool))
+
+    def _warn_from_graph(self):
+        self._warn_unknown_loss_scale()
+        return True
 
     def _agree(self, identity, like) -> None:
         with tf.init_scope():  # runs eagerly, once, while the first step is traced on every rank

@@ -1,5 +1,7 @@
 """Reliability on 2 real ranks (TensorFlow): mismatched compressors are refused on every rank, a
 non-finite step leaves state untouched, and checkpoints follow the model, not its variable names."""
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -224,6 +226,19 @@ def test_follow_loss_scale_in_a_graph_refuses_a_python_number(hvd):
     run = FixedGradients(SHAPES).make_step(hvd, PowerSGD(rank=2).follow_loss_scale(lambda: 8.0))
     with pytest.raises(Exception, match="Python number 8.0"):
         run(local_gradients(SHAPES, hvd.rank(), 0))
+
+
+def test_a_nonfinite_step_without_a_loss_scale_warns_once(hvd):
+    run = FixedGradients(SHAPES).make_step(hvd, PowerSGD(rank=2))
+    run(local_gradients(SHAPES, hvd.rank(), 0))
+    overflowed = local_gradients(SHAPES, hvd.rank(), 1)
+    if hvd.rank() == 1:
+        overflowed["dense"][0, 0] = np.inf
+    with pytest.warns(RuntimeWarning, match=r"follow_loss_scale\(scaler\)"):
+        run(overflowed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(overflowed)  # once
 
 
 def test_keras_loss_scale_optimizer_with_mixed_precision(hvd):
