@@ -50,6 +50,8 @@ class Reporter:
                   "sent_bytes": stats.total.sent, "uncompressed_bytes": stats.total.uncompressed,
                   "compression_ratio": stats.total.ratio,
                   "codec_seconds": stats.compress_seconds + stats.decompress_seconds,
+                  "own_round_wait_seconds": stats.wait_seconds,
+                  "groups": getattr(self.hvd, "groups", None),
                   "step_seconds": self.step_summary()}
         if self.hvd.rank() == 0:
             print(f"epoch {epoch}: train loss {train_loss:.4f}  {self.metric_name} {metric:.4f}  "
