@@ -109,6 +109,17 @@ def test_grouped_allreduce(hvd, groups):
     assert_model_consistent(hvd, model)
 
 
+@pytest.mark.parametrize("scheme", [{}, {"two_sided": True}], ids=["classic", "two_sided"])
+def test_one_group_trains_exactly_as_one_allreduce_per_gradient(hvd, scheme):
+    """``groups=1`` (the configuration the docs recommend) changes when gradients are sent, not what
+    is computed: the weights equal those of Horovod's per-gradient all-reduces bit for bit."""
+    ungrouped, _ = train_two_heads(hvd, PowerSGD(rank=2, **scheme), steps=6)
+    grouped, _ = train_two_heads(hvd, PowerSGD(rank=2, **scheme), steps=6, groups=1)
+    for (name, a), b in zip(ungrouped.named_parameters(), grouped.parameters()):
+        assert torch.equal(a, b), name
+    assert_model_consistent(hvd, grouped)
+
+
 def fixed_gradient_result(hvd, compression, steps=4, **opt_kwargs):
     model = FixedGradients(SHAPES)
     opt = make_optimizer(hvd, model, compression, **opt_kwargs)
