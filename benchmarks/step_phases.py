@@ -41,13 +41,15 @@ def worker(engine_name: str, spec: str, steps: int, skip: int, groups: int) -> N
     import torch.nn.functional as F
 
     from examples import _engine
-    from examples.datasets import fashion_mnist
+    from examples.datasets import fashion_mnist, shard
     from examples.torch_fashion_mnist import FashionCNN
 
     engine = _engine.make_engine(types.SimpleNamespace(engine=engine_name, compression=spec,
                                                        groups=groups, checkpoint=None, resume=False))
     x, y = fashion_mnist("train", None)
-    rows = np.arange(engine.rank(), len(x), engine.size())
+    rows = shard(len(x), engine.rank(), engine.size())
+    order = rows[np.random.default_rng(0).permutation(len(rows))]  # the examples' first epoch
+    batches = len(order) // 64
     torch.manual_seed(0)
     model = FashionCNN(1024)
     trained, optimizer = engine.distribute(
@@ -57,7 +59,7 @@ def worker(engine_name: str, spec: str, steps: int, skip: int, groups: int) -> N
     times = {phase: [] for phase in PHASES}
     before = None
     for i in range(steps):
-        batch = rows[(i * 64) % (len(rows) - 64):][:64]
+        batch = order[(i % batches) * 64:(i % batches + 1) * 64]
         t0 = time.perf_counter()
         optimizer.zero_grad()
         loss = F.cross_entropy(trained(torch.from_numpy(x[batch])), torch.from_numpy(y[batch]))
@@ -96,15 +98,18 @@ def configurations(args) -> list:
     return jobs
 
 
+def _ms(seconds) -> str:
+    return "—" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
 def markdown(rows: list) -> list:
-    ms = lambda value: "—" if value is None else f"{value * 1e3:.1f}"  # noqa: E731
     lines = ["| configuration | forward | backward | sync | update | step | compress | decompress "
              "| own wait |", "|---|" + "---:|" * 8]
     for label, runs in rows:
         def med(key):
             values = [run[key] for run in runs if key in run]
             return statistics.median(values) if values else None
-        lines.append(f"| {label} | " + " | ".join(ms(med(key)) for key in PHASES + OWN) + " |")
+        lines.append(f"| {label} | " + " | ".join(_ms(med(key)) for key in PHASES + OWN) + " |")
     return lines
 
 
@@ -121,6 +126,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--worker", nargs=4, metavar=("ENGINE", "SPEC", "STEPS", "GROUPS"),
                         help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.worker:
         engine, spec, steps, groups = args.worker
@@ -131,7 +137,7 @@ def main(argv=None) -> int:
     from horovod_powersgd import machine
 
     try:
-        enter_sandbox([sys.executable, "-m", "benchmarks.step_phases", *(argv or sys.argv[1:])])
+        enter_sandbox([sys.executable, "-m", "benchmarks.step_phases", *argv])
         rows = []
         with Cluster(args.workers, args.rate, Path("/tmp/horovod-powersgd-phases")) as cluster:
             for label, engine, env, groups in configurations(args):
@@ -155,7 +161,7 @@ def main(argv=None) -> int:
           f"Milliseconds per step: medians over steps {args.skip}–{args.steps} of each job, then over "
           f"{args.repeats} jobs; {args.workers} workers, on {machine.one_line(machine.describe())}. "
           f"Command: `sudo .venv/bin/python -m benchmarks.step_phases "
-          f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n")
+          f"{' '.join(argv)}`\n")
     print("\n".join(markdown(rows)))
     return 0
 

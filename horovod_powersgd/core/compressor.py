@@ -262,11 +262,14 @@ class Compressor:
         bookkeeping for you."""
         if self._in_flight:
             raise RuntimeError("rescale_state() called in the middle of a step (tensors in flight)")
+        self._multiply_slots(self._scaled_slots(), factor)
+        # the buffers' units moved with them (0, unknown, stays 0)
+        self._multiply_slots(self._buffer_scales.values(), factor)
+
+    def _multiply_slots(self, slots, factor: float) -> None:
         b = self.backend
-        for slot in self._scaled_slots():
+        for slot in slots:
             b.write_state(slot, b.read_state(slot) * float(factor))
-        for held in self._buffer_scales.values():  # the buffers' units moved with them (0 stays 0)
-            b.write_state(held, b.read_state(held) * np.float32(factor))
 
     def set_loss_scale(self, scale: float) -> None:
         """Tell the compressor the loss scale that the *next* step's gradients are multiplied by;
@@ -353,8 +356,7 @@ class Compressor:
             before = float(b.read_state(held))
             state = self._tensors.get(name)
             if before > 0 and before != target and state is not None:
-                for slot in self._scaled_slots_of(state):
-                    b.write_state(slot, b.read_state(slot) * (target / before))
+                self._multiply_slots(self._scaled_slots_of(state), target / before)
             b.write_state(held, np.float32(target))
         self._loss_scale = target
 
