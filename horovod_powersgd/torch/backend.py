@@ -1,17 +1,30 @@
 """`Backend` for PyTorch tensors and ``horovod.torch`` collectives."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
 from ..core.backend import HOROVOD_ALLREDUCE_UNSUPPORTED, Backend
 from ..core.selection import largest_indices
 from ..glue import horovod_op
+from ..machine import cpu_vendor, torch_blas
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
            "float64": torch.float64, "uint8": torch.uint8, "int16": torch.int16,
            "int32": torch.int32, "int64": torch.int64}
 _BIT_SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)  # MSB first, as numpy.packbits
+
+
+@functools.lru_cache(maxsize=None)
+def rank_one_updates_win() -> bool:
+    """Whether the CPU outer product of r <= 2 is faster as r rank-1 updates (BLAS ger) than as one
+    k = r GEMM. Into a cold n×m output, MKL's k = 2 GEMM ran at half the speed of two ``addr_`` on an
+    AMD EPYC, and at twice their speed on an Intel Xeon (AVX-512 both; MKL picks its fast GEMM
+    kernels on Intel CPUs only): ger on MKL with another vendor's CPU, GEMM everywhere else. A
+    fact of the host, so identical hosts choose alike and write bit-identical gradients."""
+    return torch_blas().startswith("mkl") and cpu_vendor() not in ("GenuineIntel", "")
 
 
 class TorchBackend(Backend):
@@ -80,14 +93,13 @@ class TorchBackend(Backend):
         return torch.linalg.vector_norm(matrix, dim=1, keepdim=True)
 
     # Products: the forms below are the fast ones measured with MKL (docs, "The codec at the
-    # memory floor"): `P @ Q.t()` or `torch.mm(..., out=)` ran up to 2x slower than ``addmm_``, and
-    # for r <= 2 r rank-1 updates (BLAS ger) 1.9x faster than MKL's k = 2 GEMM on AVX-512.
+    # memory floor"): `P @ Q.t()` or `torch.mm(..., out=)` ran up to 2x slower than ``addmm_``.
     # `matmul` is the base class's: ``.t()`` is a view, so BLAS gets a transpose flag, not a copy.
     def outer(self, left_t, right_t, out=None):
         if out is None:
             out = torch.empty((left_t.shape[1], right_t.shape[1]), dtype=left_t.dtype,
                               device=left_t.device)
-        if left_t.shape[0] > 2:
+        if left_t.shape[0] > 2 or left_t.device.type != "cpu" or not rank_one_updates_win():
             return out.addmm_(left_t.t(), right_t, beta=0)  # beta=0: out's old content is ignored
         out.addr_(left_t[0], right_t[0], beta=0)
         for left, right in zip(left_t[1:], right_t[1:]):

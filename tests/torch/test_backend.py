@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from horovod_powersgd.core.orthogonalize import gram_schmidt
+from horovod_powersgd.torch import backend as backend_module
 from horovod_powersgd.torch.backend import TorchBackend
 
 BACKEND = TorchBackend()
@@ -64,8 +65,10 @@ def test_finite_flag_of_empty_and_integer_tensors_is_true():
     assert bool(BACKEND.finite_flag(torch.arange(5, dtype=torch.uint8)))
 
 
+@pytest.mark.parametrize("rank_one_updates", [True, False])
 @pytest.mark.parametrize("rank", [1, 2, 3, 5])
-def test_outer_and_in_place_updates(rank):
+def test_outer_and_in_place_updates(rank, rank_one_updates, monkeypatch):
+    monkeypatch.setattr(backend_module, "rank_one_updates_win", lambda: rank_one_updates)
     left_t, right_t = torch.randn(rank, 17), torch.randn(rank, 9)
     expected = left_t.t() @ right_t
     out = torch.full((17, 9), float("nan"))  # whatever the buffer held is ignored
@@ -78,6 +81,19 @@ def test_outer_and_in_place_updates(rank):
     torch.testing.assert_close(target, start - expected)
     assert BACKEND.sub_(target, start) is target
     torch.testing.assert_close(target, -expected)
+
+
+@pytest.mark.parametrize("blas, vendor, expected", [
+    ("mkl, AVX512", "AuthenticAMD", True), ("mkl, AVX2", "GenuineIntel", False),
+    ("mkl, AVX512", "", False), ("openblas, AVX2", "AuthenticAMD", False)])
+def test_rank_one_updates_only_on_mkl_with_another_vendors_cpu(blas, vendor, expected, monkeypatch):
+    monkeypatch.setattr(backend_module, "torch_blas", lambda: blas)
+    monkeypatch.setattr(backend_module, "cpu_vendor", lambda: vendor)
+    backend_module.rank_one_updates_win.cache_clear()
+    try:
+        assert backend_module.rank_one_updates_win() is expected
+    finally:
+        backend_module.rank_one_updates_win.cache_clear()
 
 
 # ---------------------------------------------------------------- the baselines' host fast paths
