@@ -1,7 +1,9 @@
 """Where a training step's time goes, ours against DDP + powerSGD_hook: the Fashion-MNIST CNN's
-loop on the emulated cluster, split into its phases (root, like every cluster benchmark).
+or the PTB LSTM's loop on the emulated cluster, split into its phases (root, like every cluster
+benchmark).
 
     sudo .venv/bin/python -m benchmarks.step_phases --rate 200mbit --cycles 1,3,8 --groups 0,1
+    sudo .venv/bin/python -m benchmarks.step_phases --task ptb_lstm --rate 1gbit --cycles 1,3
 
 Each configuration is a job of its own: DDP + ``powerSGD_hook`` at the spec's rank, and ours with
 Horovod's ``DistributedOptimizer`` at every ``HOROVOD_CYCLE_TIME`` × ``groups`` asked for. Every
@@ -13,7 +15,7 @@ step on rank 0 (medians after ``--skip`` steps):
              (and submitting it); DDP's hook runs here in full, compression and both all-reduces;
   sync       Horovod only, ``optimizer.synchronize()``: waiting for Horovod's all-reduce, our
              decompression, our own round (sent, waited for, decoded);
-  update     ``optimizer.step()``;
+  update     ``optimizer.step()``, after the LSTM's gradient-norm clipping;
 and, for ours, the compressor's own figures per step: ``compress`` and ``decompress`` seconds
 (`CompressionStats`) and ``own wait``, the time blocked on its own round. The table goes to stdout.
 A diagnostic of step time, not a claim about training: time to accuracy is `benchmarks.tta`'s.
@@ -34,18 +36,16 @@ PHASES = ("forward", "backward", "sync", "update", "total")
 OWN = ("compress_seconds", "decompress_seconds", "wait_seconds")
 
 
-def worker(engine_name: str, spec: str, steps: int, skip: int, groups: int) -> None:
-    """One rank of one job: the CNN's loop, timed by phase; rank 0 prints one ``PHASES`` line."""
+def _fashion_mnist(engine):
+    """The CNN example's model, optimizer and first-epoch batches: (model, optimizer, loss of step
+    i, what runs between sync and update)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
-    from examples import _engine
     from examples.datasets import fashion_mnist, shard
     from examples.torch_fashion_mnist import FashionCNN
 
-    engine = _engine.make_engine(types.SimpleNamespace(engine=engine_name, compression=spec,
-                                                       groups=groups, checkpoint=None, resume=False))
     x, y = fashion_mnist("train", None)
     rows = shard(len(x), engine.rank(), engine.size())
     order = rows[np.random.default_rng(0).permutation(len(rows))]  # the examples' first epoch
@@ -54,21 +54,67 @@ def worker(engine_name: str, spec: str, steps: int, skip: int, groups: int) -> N
     model = FashionCNN(1024)
     trained, optimizer = engine.distribute(
         model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+
+    def loss(i):
+        batch = order[(i % batches) * 64:(i % batches + 1) * 64]
+        return F.cross_entropy(trained(torch.from_numpy(x[batch])), torch.from_numpy(y[batch]))
+
+    return model, optimizer, loss, lambda: None
+
+
+def _ptb_lstm(engine):
+    """The LSTM example's model, optimizer and truncated-BPTT batches over its rank's columns (the
+    example's defaults: batch 20 per rank, bptt 35, SGD lr 20, clipping at 0.25 before the update)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from examples.datasets import PennTreebank, batchify
+    from examples.torch_ptb_lstm import WordLSTM, detach
+
+    corpus = PennTreebank()
+    train = torch.from_numpy(batchify(corpus.ids("train"), 20 * engine.size()))[
+        :, engine.rank()::engine.size()]
+    starts = list(range(0, train.shape[0] - 1 - 35, 35))
+    torch.manual_seed(0)
+    model = WordLSTM(corpus.vocab_size)
+    trained, optimizer = engine.distribute(model, torch.optim.SGD(model.parameters(), lr=20.0))
+    carried = [None]
+
+    def loss(i):
+        start = starts[i % len(starts)]
+        logits, state = trained(train[start:start + 35], detach(carried[0]))
+        carried[0] = state
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), train[start + 1:start + 36].reshape(-1))
+
+    return model, optimizer, loss, lambda: nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+
+
+TASKS = {"fashion_mnist": _fashion_mnist, "ptb_lstm": _ptb_lstm}
+
+
+def worker(task: str, engine_name: str, spec: str, steps: int, skip: int, groups: int) -> None:
+    """One rank of one job: the task's loop, timed by phase; rank 0 prints one ``PHASES`` line."""
+    from examples import _engine
+
+    engine = _engine.make_engine(types.SimpleNamespace(engine=engine_name, compression=spec,
+                                                       groups=groups, checkpoint=None, resume=False))
+    model, optimizer, loss_of_step, before_update = TASKS[task](engine)
     engine.start_from_rank_0(model, optimizer)
     horovod = engine_name == "horovod"
     times = {phase: [] for phase in PHASES}
     before = None
     for i in range(steps):
-        batch = order[(i % batches) * 64:(i % batches + 1) * 64]
         t0 = time.perf_counter()
         optimizer.zero_grad()
-        loss = F.cross_entropy(trained(torch.from_numpy(x[batch])), torch.from_numpy(y[batch]))
+        loss = loss_of_step(i)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
         if horovod:
             optimizer.synchronize()
         t3 = time.perf_counter()
+        before_update()
         if horovod:
             with optimizer.skip_synchronize():
                 optimizer.step()
@@ -115,6 +161,7 @@ def markdown(rows: list) -> list:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(TASKS), default="fashion_mnist")
     parser.add_argument("--rate", default="200mbit")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--spec", default="powersgd:rank=2")
@@ -130,7 +177,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         engine, spec, steps, groups = args.worker
-        worker(engine, spec, int(steps), args.skip, int(groups))
+        worker(args.task, engine, spec, int(steps), args.skip, int(groups))
         return 0
 
     from benchmarks.cluster import Cluster, ClusterError, enter_sandbox
@@ -143,7 +190,8 @@ def main(argv=None) -> int:
             for label, engine, env, groups in configurations(args):
                 runs = []
                 for repeat in range(args.repeats):
-                    command = [sys.executable, "-m", "benchmarks.step_phases", "--skip", str(args.skip),
+                    command = [sys.executable, "-m", "benchmarks.step_phases", "--task", args.task,
+                               "--skip", str(args.skip),
                                "--worker", engine, args.spec, str(args.steps), str(groups)]
                     launch = cluster.run_torch_distributed if engine == "ddp" else cluster.run_horovod
                     results = launch(command, {"PYTHONPATH": str(ROOT), **env}, args.timeout, "phases")
@@ -157,7 +205,7 @@ def main(argv=None) -> int:
     except ClusterError as error:
         print(f"benchmarks.step_phases: {error}", file=sys.stderr)
         return 2
-    print(f"# Where the step time goes\n\n## fashion_mnist, {args.rate} per worker\n\n"
+    print(f"# Where the step time goes\n\n## {args.task}, {args.rate} per worker\n\n"
           f"Milliseconds per step: medians over steps {args.skip}–{args.steps} of each job, then over "
           f"{args.repeats} jobs; {args.workers} workers, on {machine.one_line(machine.describe())}. "
           f"Command: `sudo .venv/bin/python -m benchmarks.step_phases "

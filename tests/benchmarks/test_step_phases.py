@@ -30,12 +30,14 @@ def test_table_has_medians_over_jobs_and_no_compressor_columns_for_ddp():
 
 
 @pytest.mark.distributed
-def test_a_tiny_run_prints_every_configuration():
+@pytest.mark.parametrize("task", sorted(step_phases.TASKS))
+def test_a_tiny_run_prints_every_configuration(task):
     _require_namespaces()
     with machine_lock():
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.step_phases", "--cycles", "1",
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.step_phases", "--task", task, "--cycles", "1",
                                "--groups", "1", "--steps", "6", "--skip", "2", "--repeats", "1"],
                               cwd=ROOT, env=worker_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| DDP") or line.startswith("| ours")]
     assert len(rows) == 2 and "—" not in rows[1], proc.stdout
+    assert f"## {task}, " in proc.stdout
