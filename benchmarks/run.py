@@ -64,7 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--tta-ddp", default=TTA_DDP, help="phase 3's DDP runs: none, powersgd:rank=R (the hook)")
     p.add_argument("--tta-tasks", default="fashion_mnist,ptb_lstm")
     p.add_argument("--tta-rates", default="1gbit,200mbit")
-    p.add_argument("--tta-repeats", type=int, default=2)
+    p.add_argument("--tta-repeats", type=int, default=2, help="phase 3: runs per seed (time spread)")
+    p.add_argument("--tta-seeds", default=str(tta.DEFAULT_SEED),
+                   help="phase 3: the examples' --seed of each set of runs, comma-separated (metric spread)")
     p.add_argument("--tta-epochs", type=int, default=2, help="the CNN's epochs")
     p.add_argument("--tta-lstm-tokens", type=int, default=929589,
                    help="the LSTM's training tokens (one epoch; default: all of them)")

@@ -3,18 +3,24 @@ engine against PyTorch DDP with and without ``powerSGD_hook`` running the *same*
 (``examples._engine``), beside the compute floor of the same steps.
 
 Per task (the Fashion-MNIST CNN's test accuracy, the PTB LSTM's validation perplexity), per link
-rate and per repeat, every run trains the same model on the same shards in the same order. The
-target is the uncompressed runs' final metric − 0.5 pp (accuracy) or + 2 % (perplexity); a run's
-time to target is its training time (evaluation excluded) at the first evaluation that meets it.
+rate, per seed and per repeat, every run trains the same model on the same shards in the same
+order. A repeat measures time (the examples are deterministic: a repeat ends at the same metric);
+a seed (``--seed`` of the examples: initial weights and data order) measures how much of a gap in
+the final metric is the draw rather than the compressor. The target is the uncompressed runs' mean
+final metric − 0.5 pp (accuracy) or + 2 % (perplexity); a run's time to target is its training time
+(evaluation excluded) at the first evaluation that meets it.
 The compute floor is the same steps on each worker alone (``--engine local`` on one rank's share of
 the data, both workers at once, as they share the machine's cores in the real runs).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from examples import _flags
 
 #: per task: the example module, its metric, whether higher is better, the target's tolerance, and
 #: the flag that limits its training data (with the whole set's size where `task_flags` may leave
@@ -75,30 +81,31 @@ def run_phase(args, cluster_for, python, env: dict, raw: dict, work: Path, log) 
     to ``raw["skipped"]`` (a run that cannot train is a result)."""
     runs = [("ddp", s) for s in args.tta_ddp.split(";") if s.strip()]
     runs += [("horovod", s) for s in args.tta_specs.split(";") if s.strip()]
+    seeds = [int(s) for s in args.tta_seeds.split(",")]
     for task in filter(None, args.tta_tasks.split(",")):
         module = TASKS[task]["module"]
         flags = task_flags(task, args.tta_epochs, args.eval_every, args.tta_lstm_tokens, args.smoke)
         for rate in filter(None, args.tta_rates.split(",")):
             with cluster_for(rate) as cluster:
-                for repeat in range(args.tta_repeats):
-                    for engine, spec in runs:
-                        log(f"time-to-accuracy: {task} at {rate}, repeat {repeat}: {run_label(engine, spec)}")
-                        target = work / "raw" / f"tta.{len(raw['tta'])}.jsonl"
-                        argv = python("-m", module, "--engine", engine, "--compression", spec,
-                                      "--no-progress", "--json", target, *flags)
-                        launch = cluster.run_torch_distributed if engine == "ddp" else cluster.run_horovod
-                        results = launch(argv, env, args.timeout, f"tta-{len(raw['tta'])}")
-                        _collect(raw, results, target, task=task, rate=rate, workers=args.workers,
-                                 engine=engine, spec=spec, repeat=repeat)
+                for seed, repeat, (engine, spec) in itertools.product(seeds, range(args.tta_repeats), runs):
+                    log(f"time-to-accuracy: {task} at {rate}, seed {seed}, repeat {repeat}: "
+                        f"{run_label(engine, spec)}")
+                    target = work / "raw" / f"tta.{len(raw['tta'])}.jsonl"
+                    argv = python("-m", module, "--engine", engine, "--compression", spec,
+                                  "--no-progress", "--json", target, "--seed", seed, *flags)
+                    launch = cluster.run_torch_distributed if engine == "ddp" else cluster.run_horovod
+                    results = launch(argv, env, args.timeout, f"tta-{len(raw['tta'])}")
+                    _collect(raw, results, target, task=task, rate=rate, workers=args.workers,
+                             engine=engine, spec=spec, seed=seed, repeat=repeat)
         with cluster_for(args.tta_rates.split(",")[0]) as cluster:
             log(f"time-to-accuracy: {task}, compute floor")
             target = work / "raw" / f"tta.{len(raw['tta'])}.jsonl"
             argv = python("-m", module, "--engine", "local", "--compression", "none", "--no-progress",
-                          "--json", target, *floor_flags(task, flags, args.workers))
+                          "--json", target, "--seed", seeds[0], *floor_flags(task, flags, args.workers))
             # every worker on its own (rank 0's record is kept): the machine's cores shared as in the runs
             results = cluster.run_torch_distributed(argv, env, args.timeout, f"tta-floor-{task}")
             _collect(raw, results, target, task=task, rate="none", workers=args.workers,
-                     engine="local", spec="none", repeat=0)
+                     engine="local", spec="none", seed=seeds[0], repeat=0)
 
 
 def _collect(raw: dict, results, target: Path, **run) -> None:
@@ -129,17 +136,20 @@ def _median(values: list) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
-#: what a run recorded before the phase had engines, tasks and repeats was
-OLDER_RUN = {"engine": "horovod", "task": "fashion_mnist", "repeat": 0}
+#: the examples' default ``--seed``, the seed of every run recorded before the phase had seeds
+DEFAULT_SEED = _flags.DEFAULT_SEED
+#: what a run recorded before the phase had engines, tasks, seeds and repeats was
+OLDER_RUN = {"engine": "horovod", "task": "fashion_mnist", "seed": DEFAULT_SEED, "repeat": 0}
 
 
 def _runs(raw_tta: List[dict]) -> List[dict]:
-    """The recorded runs, those of an earlier phase given its one engine, task and repeat."""
+    """The recorded runs, those of an earlier phase given its one engine, task, seed and repeat."""
     return [{**OLDER_RUN, **run} for run in raw_tta]
 
 
 def analyse(raw_tta: List[dict]) -> List[dict]:
-    """One table per (task, rate): per run, the medians over repeats and their spread."""
+    """One table per (task, rate): per engine and spec, the medians over seeds and repeats and
+    their spread."""
     raw_tta = _runs(raw_tta)
     tables = []
     # both workers of the floor job write their records: the slower one is the floor
@@ -177,6 +187,8 @@ def analyse(raw_tta: List[dict]) -> List[dict]:
                               if peer and peer["tta_median_s"] and row["tta_median_s"] else None)
         floor = floors.get(task)
         tables.append({"task": task, "rate": rate, "metric": metric, "uncompressed": base,
+                       "seeds": sorted({r["seed"] for r in runs}),
+                       "repeats": max(r["repeat"] for r in runs) + 1,
                        "target": target, "rows": list(rows.values()),
                        "floor_s": floor["train_seconds"] if floor else None,
                        "floor_step_median_s": (floor.get("step_seconds") or {}).get("median") if floor else None})
@@ -187,8 +199,24 @@ def _fmt(x, spec=".1f", none="—"):
     return none if x is None else format(x, spec)
 
 
+#: how a metric is printed, by whether higher is better (accuracy) or not (perplexity)
+_METRIC_FORMAT = {True: ".4f", False: ".1f"}
+
+
 def _metric(task: str, value) -> str:
-    return _fmt(value, ".4f" if TASKS[task]["higher"] else ".1f")
+    return _fmt(value, _METRIC_FORMAT[TASKS[task]["higher"]])
+
+
+def _spread(values: list, spec: str) -> str:
+    """`` (low–high)`` of ``values`` when they differ as printed, else nothing."""
+    low, high = format(min(values), spec), format(max(values), spec)
+    return f" ({low}–{high})" if len(values) > 1 and low != high else ""
+
+
+def _runs_text(table: dict) -> str:
+    seeds, repeats = table["seeds"], table["repeats"]
+    parts = ([f"{len(seeds)} seeds"] if len(seeds) > 1 else []) + [f"{repeats} repeat{'s' * (repeats > 1)}"]
+    return " × ".join(parts)
 
 
 def markdown(tables: List[dict]) -> List[str]:
@@ -198,25 +226,26 @@ def markdown(tables: List[dict]) -> List[str]:
         bound = "−" if spec["higher"] else "+"
         tolerance = f"{spec['tolerance'] * 100:g} {'pp' if spec['higher'] else '%'}"
         lines += [f"### {task}, {t['rate']} per worker", "",
-                  f"Target: the uncompressed runs' final {spec['label']} ({_metric(task, t['uncompressed'])}) "
+                  f"Target: the uncompressed runs' mean final {spec['label']} ({_metric(task, t['uncompressed'])}) "
                   f"{bound} {tolerance} = {_metric(task, t['target'])}. Time to target: training seconds "
-                  f"(evaluation excluded), median over repeats, with their range.", "",
-                  f"| engine / compression | time to target s | vs DDP + hook | final {spec['label']} "
-                  f"| step ms mean / median / p90 | MB per step |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  f"(evaluation excluded), median over {_runs_text(t)}, with their range; "
+                  f"train s: all steps.", "",
+                  f"| engine / compression | time to target s | vs DDP + hook | train s | "
+                  f"final {spec['label']} | step ms mean / median / p90 | MB per step |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for row in sorted(t["rows"], key=lambda r: (r["tta_median_s"] is None, r["tta_median_s"] or 0)):
             reached = [x for x in row["tta_s"] if x is not None]
-            spread = (f" ({min(reached):.0f}–{max(reached):.0f})" if len(reached) > 1 else "")
-            tta = (f"{row['tta_median_s']:.1f}{spread}" if row["tta_median_s"] is not None else
+            tta = (f"{row['tta_median_s']:.1f}{_spread(reached, '.0f')}" if row["tta_median_s"] is not None else
                    f"not reached in {sum(x is None for x in row['tta_s'])} of {len(row['tta_s'])}")
             steps = " / ".join(_fmt(row[f"step_{k}_s"] and row[f"step_{k}_s"] * 1e3, ".0f")
                                for k in ("mean", "median", "p90"))
             vs_peer = "—" if row["vs_peer"] is None else f"{row['vs_peer']:.2f}×"
+            final = _metric(task, row["final_median"]) + _spread(row["final"], _METRIC_FORMAT[spec["higher"]])
             lines.append(f"| {row['label']} | {tta} | {vs_peer} | "
-                         f"{_metric(task, row['final_median'])} | {steps} | "
+                         f"{_median(row['train_s']):.1f}{_spread(row['train_s'], '.0f')} | {final} | {steps} | "
                          f"{row['bytes_per_step_median'] / 1e6:.3f} |")
         if t["floor_s"] is not None:
-            lines.append(f"| compute floor (no communication) | {t['floor_s']:.1f} (all steps) | | | "
+            lines.append(f"| compute floor (no communication) | | | {t['floor_s']:.1f} | | "
                          f"{_fmt(t['floor_step_median_s'] and t['floor_step_median_s'] * 1e3, '.0f')} (median) | 0 |")
         lines.append("")
     return lines
@@ -265,7 +294,8 @@ def targets(tables: List[dict], default_spec: str) -> List[str]:
 
 
 def plot(tables: List[dict], raw_tta: List[dict], save) -> Optional[str]:
-    """Metric against training time, one panel per task and rate (repeat 0 of each run)."""
+    """Metric against training time, one panel per task and rate (the first seed's repeat 0 of each
+    run)."""
     if not tables:
         return None
     import matplotlib.pyplot as plt
@@ -274,7 +304,7 @@ def plot(tables: List[dict], raw_tta: List[dict], save) -> Optional[str]:
     for ax, t in zip(axes[0], tables):
         metric = t["metric"]
         for run in _runs(raw_tta):
-            if run["task"] == t["task"] and run["rate"] == t["rate"] and run["repeat"] == 0:
+            if (run["task"], run["rate"], run["seed"], run["repeat"]) == (t["task"], t["rate"], t["seeds"][0], 0):
                 pts = sorted((r for r in run["records"] if metric in r), key=lambda r: r["train_seconds"])
                 ax.plot([r["train_seconds"] for r in pts], [r[metric] for r in pts], marker=".",
                         label=run_label(run["engine"], run["spec"]))

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: ``--seed``'s default: initial weights and, where the example shuffles, the data order
+DEFAULT_SEED = 42
+
 
 def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float):
     parser.add_argument("--compression", default="powersgd:rank=2",
@@ -18,7 +21,7 @@ def add_common_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size
                         help="save model, optimizer and compressor state here after every epoch "
                              "(one file per rank: PATH.rank<k>)")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--json", type=Path, default=None,
                         help="rank 0 appends one JSON record per epoch and a final one here")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs, CI)")
