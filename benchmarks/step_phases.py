@@ -63,31 +63,34 @@ def _fashion_mnist(engine):
 
 
 def _ptb_lstm(engine):
-    """The LSTM example's model, optimizer and truncated-BPTT batches over its rank's columns (the
-    example's defaults: batch 20 per rank, bptt 35, SGD lr 20, clipping at 0.25 before the update)."""
+    """The LSTM example's model, optimizer and truncated-BPTT batches over its rank's columns, at the
+    example's default flags (batch per rank, bptt, SGD learning rate, clipping before the update)."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
 
     from examples.datasets import PennTreebank, batchify
-    from examples.torch_ptb_lstm import WordLSTM, detach
+    from examples.torch_ptb_lstm import WordLSTM, detach, parse_args
 
+    flags = parse_args([])
     corpus = PennTreebank()
-    train = torch.from_numpy(batchify(corpus.ids("train"), 20 * engine.size()))[
+    train = torch.from_numpy(batchify(corpus.ids("train"), flags.batch_size * engine.size()))[
         :, engine.rank()::engine.size()]
-    starts = list(range(0, train.shape[0] - 1 - 35, 35))
+    bptt = flags.bptt
+    starts = list(range(0, train.shape[0] - 1 - bptt, bptt))
     torch.manual_seed(0)
-    model = WordLSTM(corpus.vocab_size)
-    trained, optimizer = engine.distribute(model, torch.optim.SGD(model.parameters(), lr=20.0))
+    model = WordLSTM(corpus.vocab_size, flags.embedding, flags.hidden)
+    trained, optimizer = engine.distribute(model, torch.optim.SGD(model.parameters(), lr=flags.lr))
     carried = [None]
 
     def loss(i):
         start = starts[i % len(starts)]
-        logits, state = trained(train[start:start + 35], detach(carried[0]))
+        logits, state = trained(train[start:start + bptt], detach(carried[0]))
         carried[0] = state
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), train[start + 1:start + 36].reshape(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                               train[start + 1:start + bptt + 1].reshape(-1))
 
-    return model, optimizer, loss, lambda: nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+    return model, optimizer, loss, lambda: nn.utils.clip_grad_norm_(model.parameters(), flags.clip)
 
 
 TASKS = {"fashion_mnist": _fashion_mnist, "ptb_lstm": _ptb_lstm}
