@@ -78,6 +78,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
+    if not all(seed.strip().lstrip("-").isdigit() for seed in args.tta_seeds.split(",")):
+        p.error(f"--tta-seeds must be integers separated by commas, got {args.tta_seeds!r}")
     if args.smoke:
         args.rate, args.workers, args.tasks = "100mbit", 2, "fashion_mnist"
         args.specs, args.ddp_ranks, args.steps, args.warmup = "none;powersgd:rank=2", "2", 3, 1

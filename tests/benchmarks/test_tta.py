@@ -66,3 +66,12 @@ def test_time_to_target_against_the_peer():
     assert "median over 2 repeats," in text and "| ours, powersgd:rank=2 | 60.5 (60–61) | 0.76× |" in text
     line, = tta.targets([table], "powersgd:rank=2")
     assert "0.76× DDP + powerSGD_hook's (target ≤ 0.9×)" in line and line.endswith(": met.")
+
+
+def test_seeds_that_are_not_integers_are_refused_before_anything_runs(capsys):
+    from benchmarks import run
+
+    with pytest.raises(SystemExit):
+        run.parse_args(["--tta-seeds", "42,x"])
+    assert "--tta-seeds must be integers" in capsys.readouterr().err
+    assert run.parse_args(["--tta-seeds", "42, 43"]).tta_seeds == "42, 43"
