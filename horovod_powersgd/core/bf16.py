@@ -28,7 +28,7 @@ class BF16(Compressor):
     def __init__(self, backend: Backend):
         super().__init__(backend)
 
-    def transfers(self, shape, dtype: str = "float32") -> list:
+    def _transfers(self, shape, dtype: str = "float32") -> list:
         return gathered(("bfloat16 bits", 2 * numel(shape)))
 
     def _compress(self, tensor, ctx: Ctx):

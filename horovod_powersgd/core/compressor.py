@@ -34,7 +34,7 @@ from .agreement import check_agreement
 from .backend import FLOAT_DTYPES, Backend, TensorIdentity, itemsize
 from .shapes import numel
 from .stats import CompressionStats
-from .wire import Transfer
+from .wire import Transfer, raw
 
 
 @dataclasses.dataclass
@@ -81,7 +81,14 @@ class Compressor:
         """What this rank hands to collectives per step for one gradient of ``shape`` and
         ``dtype`` (after any warm-up): which collective, how many bytes, in which round. The one
         description of a compressor's traffic; `wire_bytes`, the advisor and the README's table
-        derive from it (`horovod_powersgd.core.wire`). Depends on the configuration alone."""
+        derive from it (`horovod_powersgd.core.wire`). Depends on the configuration alone. A
+        gradient with no elements goes as it is (`compress`); every other is `_transfers`."""
+        if numel(shape) == 0:
+            return raw(shape, dtype)
+        return self._transfers(shape, dtype)
+
+    def _transfers(self, shape, dtype: str) -> List[Transfer]:
+        """`transfers` of a gradient with at least one element: what the subclass sends."""
         raise NotImplementedError
 
     def wire_bytes(self, shape, dtype: str = "float32") -> int:
@@ -111,7 +118,12 @@ class Compressor:
             self._read_loss_scale()
         self._in_flight.add(identity.name)
         shape = tuple(self.backend.shape(tensor))
-        wire, ctx = self._compress(tensor, Ctx(identity, shape, dtype, compressed=True))
+        if numel(shape) == 0:
+            # nothing to compress (a placeholder parameter, a layer of width 0): it goes as it is,
+            # and no codec meets a mean over 0 elements or k ≥ 1 indices out of 0
+            wire, ctx = tensor, Ctx(identity, shape, dtype, compressed=False)
+        else:
+            wire, ctx = self._compress(tensor, Ctx(identity, shape, dtype, compressed=True))
         sent = self._nbytes(wire) if ctx.sent_bytes is None else ctx.sent_bytes
         self._stats.add(uncompressed=self._nbytes(tensor), sent=sent,
                        compressed_tensor=ctx.compressed)

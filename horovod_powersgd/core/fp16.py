@@ -23,7 +23,7 @@ class FP16(Compressor):
     def __init__(self, backend: Backend):
         super().__init__(backend)
 
-    def transfers(self, shape, dtype: str = "float32") -> list:
+    def _transfers(self, shape, dtype: str = "float32") -> list:
         return [Transfer("allreduce", 2 * numel(shape), 0, "float16 gradient")]
 
     def _compress(self, tensor, ctx: Ctx):

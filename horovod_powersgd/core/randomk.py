@@ -46,7 +46,7 @@ class RandomK(StatefulCompressor):
     def config(self) -> dict:
         return {"ratio": self.ratio, "error_feedback": self.error_feedback, "seed": self.seed}
 
-    def transfers(self, shape, dtype: str = "float32") -> list:
+    def _transfers(self, shape, dtype: str = "float32") -> list:
         return [Transfer("allreduce", kept(self.ratio, numel(shape)) * itemsize(compute_dtype(dtype)),
                          0, "values")]
 

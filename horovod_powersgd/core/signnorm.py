@@ -30,7 +30,7 @@ class SignNorm(StatefulCompressor):
     def __init__(self, backend: Backend):
         super().__init__(backend)
 
-    def transfers(self, shape, dtype: str = "float32") -> list:
+    def _transfers(self, shape, dtype: str = "float32") -> list:
         return gathered(("signs", -(-numel(shape) // 8)), ("scale", itemsize(compute_dtype(dtype))))
 
     def _compress(self, tensor, ctx: Ctx):

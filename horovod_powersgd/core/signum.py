@@ -40,7 +40,7 @@ class Signum(StatefulCompressor):
     def config(self) -> dict:
         return {"momentum": self.momentum}
 
-    def transfers(self, shape, dtype: str = "float32") -> list:
+    def _transfers(self, shape, dtype: str = "float32") -> list:
         return gathered(("signs", -(-numel(shape) // 8)))
 
     def _compress(self, tensor, ctx: Ctx):

@@ -34,7 +34,7 @@ class TopK(StatefulCompressor):
     def config(self) -> dict:
         return {"ratio": self.ratio}
 
-    def transfers(self, shape, dtype: str = "float32") -> list:
+    def _transfers(self, shape, dtype: str = "float32") -> list:
         k = kept(self.ratio, numel(shape))
         return gathered(("values", k * itemsize(compute_dtype(dtype))), ("indices", k * 4))
 

@@ -56,7 +56,7 @@ class UnbiasedLowRank(StatefulCompressor):
         r = min(self.rank, m)
         return (n, m, r) if m >= self.min_compression_rate * r else None
 
-    def transfers(self, shape, dtype: str = "float32") -> list:
+    def _transfers(self, shape, dtype: str = "float32") -> list:
         plan = self.plan(shape)
         if plan is None:
             return raw(shape, dtype)

@@ -5,6 +5,7 @@ import pytest
 
 from horovod_powersgd.core.agreement import ConfigMismatchError
 from horovod_powersgd.core.registry import COMPRESSORS
+from horovod_powersgd.core.wire import raw
 from horovod_powersgd.reference import NumpyBackend, ThreadGroup, reduce_gradients
 
 from tests.core.ranks import random_gradients
@@ -178,3 +179,35 @@ def test_elastic_sync_takes_shared_state_from_rank_0_and_keeps_own_error_buffers
             assert not np.any(joiner["tensors"][tensor]["slots"]["error"])
     survivor.load_state_dict(merged)  # accepted, and the ranks' agreement is checked again
     assert not survivor._agreed
+
+
+EMPTY = {"placeholder": (0,), "width 0": (0, 6), "conv of 0 channels": (3, 0, 2, 2)}
+
+
+@pytest.mark.parametrize("name", list(COMPRESSORS))
+def test_a_gradient_with_no_elements_goes_as_it_is_and_leaves_the_others_alone(name):
+    """Placeholder parameters (``nn.Parameter(torch.empty(0))``) and layers of width 0: every
+    compressor sends them as they are (0 bytes, Horovod's round) and reduces the step's other
+    tensors exactly as it would without them — no NaN from a mean over 0 elements, no k ≥ 1 of 0."""
+    def rank_main(comm, with_empty):
+        compressor = COMPRESSORS[name](NumpyBackend(comm), **OPTIONS[name])
+        outputs = []
+        for step in range(4):
+            grads = random_gradients(SHAPES, comm.rank, step)
+            if with_empty:
+                grads.update({key: np.zeros(shape, np.float32) for key, shape in EMPTY.items()})
+            outputs.append(reduce_gradients(compressor, grads))
+        return outputs, compressor.stats.nonfinite_steps
+
+    plain = ThreadGroup(2, timeout=30).run(lambda comm: rank_main(comm, False))
+    mixed = ThreadGroup(2, timeout=30).run(lambda comm: rank_main(comm, True))
+    for (plain_outputs, _), (mixed_outputs, nonfinite) in zip(plain, mixed):
+        assert nonfinite == 0
+        for plain_step, mixed_step in zip(plain_outputs, mixed_outputs):
+            for key, shape in EMPTY.items():
+                assert mixed_step[key].shape == shape
+            for key in SHAPES:
+                np.testing.assert_array_equal(mixed_step[key], plain_step[key], err_msg=key)
+    compressor = COMPRESSORS[name](NumpyBackend(None), **OPTIONS[name])
+    for shape in EMPTY.values():
+        assert compressor.transfers(shape) == raw(shape) and compressor.wire_bytes(shape) == 0

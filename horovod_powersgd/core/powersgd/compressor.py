@@ -96,7 +96,7 @@ class PowerSGD(Compressor):
     def config(self) -> dict:
         return self.cfg._asdict()
 
-    def transfers(self, shape, dtype: str = "float32") -> list:
+    def _transfers(self, shape, dtype: str = "float32") -> list:
         """Per step after ``start_step``, for a compressed n×m matrix, the scheme's transfers
         (numbers in ``wire_dtype``, else the compute dtype); other tensors go as they are."""
         state = plan(self.cfg, tuple(shape))

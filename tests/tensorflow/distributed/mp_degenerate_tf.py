@@ -58,3 +58,42 @@ def test_at_rank_2_the_kernel_below_moves_at_least_half_as_far(hvd, scheme, rank
     compressed = train(hvd, PowerSGD(rank=rank, min_compression_rate=0.01, **SCHEMES[scheme]))
     assert moved_after(compressed) >= 0.5 * moved_after(exact), (moved_after(compressed),
                                                                  moved_after(exact))
+
+
+@pytest.mark.parametrize("spec", ["powersgd:rank=2", "signnorm", "randomk"])
+def test_variables_with_no_elements_train_the_rest_as_without_them(hvd, spec):
+    """A kernel of width 0 (its empty output joins the hidden one) and an empty placeholder go as
+    they are; the other variables train exactly as without them, in a ``tf.function``."""
+    from horovod_powersgd.tensorflow import from_spec
+
+    def train(with_empty: bool):
+        rng = np.random.default_rng(0)
+        hidden = tf.Variable(rng.standard_normal((WIDTH, WIDTH)).astype(np.float32) / 3, name="hidden")
+        head = tf.Variable(rng.standard_normal((WIDTH, WIDTH)).astype(np.float32) / 3, name="head")
+        empty = [tf.Variable(tf.zeros((WIDTH, 0)), name="none_wide"),
+                 tf.Variable(tf.zeros((0,)), name="placeholder")] if with_empty else []
+        variables = [hidden, head, *empty]
+        compression = from_spec(spec)
+
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                h = tf.tanh(x @ hidden)
+                if with_empty:
+                    h = tf.concat([h, x @ empty[0]], 1) + tf.reduce_sum(empty[1])
+                loss = tf.reduce_mean((h @ head - y) ** 2)
+            tape = hvd.DistributedGradientTape(tape, compression=compression)
+            for v, g in zip(variables, tape.gradient(loss, variables)):
+                v.assign_sub(0.1 * g)
+
+        for t in range(6):
+            data = np.random.default_rng([hvd.rank(), t])
+            step(tf.constant(data.standard_normal((16, WIDTH)), tf.float32),
+                 tf.constant(data.standard_normal((16, WIDTH)), tf.float32))
+        return [v.numpy() for v in variables]
+
+    plain, mixed = train(False), train(True)
+    assert [v.shape for v in mixed[2:]] == [(WIDTH, 0), (0,)]
+    for a, b in zip(plain, mixed[:2]):
+        assert np.isfinite(b).all()
+        np.testing.assert_array_equal(b, a)

@@ -79,3 +79,52 @@ def test_at_rank_2_the_layer_moves_at_least_half_as_far_as_uncompressed(hvd, cas
     compressed = train(hvd, case, PowerSGD(rank=2, min_compression_rate=0.01, **SCHEMES[scheme]))
     assert moved_after(compressed) >= 0.5 * moved_after(exact), (moved_after(compressed),
                                                                  moved_after(exact))
+
+
+class WithEmptyParameters(torch.nn.Module):
+    """A small net, optionally with what carries no elements: a placeholder parameter (the
+    ``nn.Parameter(torch.empty(0))`` models keep to find their device; no gradient, so Horovod's
+    optimizer reduces zeros for it) and a layer of width 0 whose empty output joins the hidden one."""
+
+    def __init__(self, with_empty: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.hidden = torch.nn.Linear(WIDTH, WIDTH)
+        self.head = torch.nn.Linear(WIDTH, WIDTH)
+        self.with_empty = with_empty
+        if with_empty:
+            self.placeholder = torch.nn.Parameter(torch.empty(0))
+            self.none_wide = torch.nn.Linear(WIDTH, 0)
+
+    def forward(self, x):
+        h = torch.tanh(self.hidden(x))
+        if self.with_empty:
+            h = torch.cat([h, self.none_wide(x)], 1)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("spec", ["powersgd:rank=2", "powersgd:rank=2,two_sided=True", "signnorm",
+                                  "randomk", "topk", "signum"])
+def test_parameters_with_no_elements_train_the_rest_as_without_them(hvd, spec):
+    from horovod_powersgd.torch import from_spec
+
+    def train(with_empty: bool):
+        model = WithEmptyParameters(with_empty)
+        compression = from_spec(spec).register_parameters(model.named_parameters())
+        opt = make_optimizer(hvd, model, compression, lr=0.1)
+        for step in range(6):
+            g = torch.Generator().manual_seed(100 * hvd.rank() + step)
+            x, y = torch.randn(16, WIDTH, generator=g), torch.randn(16, WIDTH, generator=g)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        assert compression.stats.nonfinite_steps == 0
+        return model
+
+    plain, mixed = train(False), train(True)
+    assert mixed.placeholder.shape == (0,) and mixed.none_wide.weight.shape == (0, WIDTH)
+    for name in ("hidden.weight", "hidden.bias", "head.weight", "head.bias"):
+        a, b = plain.get_parameter(name).detach(), mixed.get_parameter(name).detach()
+        assert torch.isfinite(b).all() and torch.equal(a, b), name
+    for p in mixed.parameters():
+        assert_identical_across_ranks(hvd, p.detach())
