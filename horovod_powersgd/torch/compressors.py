@@ -26,6 +26,12 @@ class _TorchAdapter:
     def identify(self, tensor):
         return self._namer.identify(tensor, self)
 
+    def compress(self, tensor, identity=None):
+        wire, ctx = super().compress(tensor, identity)
+        # Horovod's all-reduce takes only contiguous tensors, and the gradient of a channels_last
+        # weight is not, nor is what a cast or a pass-through makes of it: a copy only then
+        return wire.contiguous(), ctx
+
     def _known_names(self):
         return self._namer.known_names(self)
 

@@ -128,3 +128,45 @@ def test_parameters_with_no_elements_train_the_rest_as_without_them(hvd, spec):
         assert torch.isfinite(b).all() and torch.equal(a, b), name
     for p in mixed.parameters():
         assert_identical_across_ranks(hvd, p.detach())
+
+
+class ConvNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+        self.small = torch.nn.Conv2d(8, 2, 3, padding=1)  # 2×72: below min_compression_rate, sent as it is
+        self.fc = torch.nn.Linear(2 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.small(torch.relu(self.conv(x)))).flatten(1))
+
+
+@pytest.mark.parametrize("spec", ["powersgd:rank=2", "powersgd:rank=2,two_sided=True",
+                                  "powersgd:rank=2,alternate=True", "unbiased_lowrank:rank=2",
+                                  "signum", "signnorm", "topk", "randomk", "fp16", "bf16"])
+def test_a_channels_last_model_trains_as_the_contiguous_one(hvd, spec):
+    """Conv weights in ``channels_last`` have gradients that are not contiguous, which Horovod's
+    all-reduce refuses (``hvd.Compression.none`` included): every compressor hands it a contiguous
+    tensor, and the model trains exactly as with the default layout."""
+    from horovod_powersgd.torch import from_spec
+
+    def train(channels_last: bool):
+        model = ConvNet()
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=layout)
+        compression = from_spec(spec).register_parameters(model.named_parameters())
+        opt = make_optimizer(hvd, model, compression, lr=0.05)
+        for step in range(6):
+            g = torch.Generator().manual_seed(100 * hvd.rank() + step)
+            x, y = torch.randn(8, 4, 6, 6, generator=g), torch.randn(8, 5, generator=g)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x.contiguous(memory_format=layout)), y).backward()
+            opt.step()
+        assert compression.stats.nonfinite_steps == 0
+        return {name: p.detach().contiguous() for name, p in model.named_parameters()}
+
+    assert not ConvNet().to(memory_format=torch.channels_last).conv.weight.is_contiguous()
+    default, channels_last = train(False), train(True)
+    for name, value in default.items():
+        assert torch.allclose(channels_last[name], value, atol=1e-6), name
