@@ -9,17 +9,20 @@ comes out slightly shorter than 1, a dependent column keeps a residual of order 
 round-off), and that residual — normalized to length ~1 — is no longer orthogonal to the earlier
 columns: P̂ P̂ᵀ M then over-counts a direction (by 64 % for two parallel columns). Here:
 
-- a column whose residual (after projecting out the earlier ones) is shorter than ``epsilon``
-  becomes exactly zero — it holds nothing but round-off — and every other is divided by its norm:
+- a column whose residual (after projecting out the earlier ones) is no longer than ``epsilon``
+  times the factor's own scale, its Frobenius norm ‖P‖ (`no_direction_below`), becomes exactly zero — it holds nothing but round-off — and every other is divided by its norm:
   unit length exactly. (Dividing a short residual by ``max(norm, epsilon)`` instead left a column of
   length between 0 and 1, which later columns were then projected against only partly: in float32,
   rows p, p, q, q came out with two columns at 0.91 overlap, no projector at all.)
 - each column is projected against the earlier ones twice ("twice is enough", Giraud et al. 2005),
   so a round-off residual that does get normalized is orthogonal to them: P̂ stays orthonormal (or has
   zero columns), and P̂ P̂ᵀ is an orthogonal projector whatever the input.
-No direction with more than ``epsilon`` of content is ever dropped.
+No direction with more than ``epsilon``·‖P‖ of content is ever dropped. The floor is relative so that
+the result does not depend on the gradient's scale: P = M·Q is of M's scale, and an absolute floor
+took a whole layer whose gradients are small (entries ~1e-10, a layer far from the loss) for one
+without any direction, every step.
 
-The same result from a QR decomposition P = Q R, as long as every |R_jj| > epsilon:
+The same result from a QR decomposition P = Q R, as long as every |R_jj| > epsilon·‖P‖:
 Gram–Schmidt's residual of column j is then Q_j R_jj, so P̂ = Q · diag(sign(R_jj)) (the sign makes
 the diagonal of R positive, as Gram–Schmidt's is). Where a column is (near) zero, QR still gives it
 a unit direction and projects the later columns against it — a column e₁ after a zero one would
@@ -44,24 +47,33 @@ def orthogonalize(backend: "Backend", factor_t, epsilon: float):
     return backend.orthogonalize_rows(factor_t, epsilon)
 
 
+def no_direction_below(backend: "Backend", factor_t, epsilon: float):
+    """``epsilon``·‖factor‖ (Frobenius): the length at or below which a row of ``factor_t`` holds no
+    direction. Zero for an all-zero factor, so that exactly zero rows count as empty."""
+    b = backend
+    return epsilon * b.sqrt(b.sum(factor_t * factor_t))
+
+
 def gram_schmidt(backend: "Backend", factor_t, epsilon: float):
     """`orthogonalize` by Gram–Schmidt with re-orthogonalization, on the backend's basic ops."""
     b = backend
+    floor = no_direction_below(b, factor_t, epsilon)
     done = []
     for row in b.rows(factor_t):
         for _ in range(2):
             for previous in done:
                 row = row - b.sum(row * previous) * previous
         norm = b.sqrt(b.sum(row * row))
-        kept = norm > epsilon
+        kept = norm > floor
         done.append(b.where(kept, row / b.where(kept, norm, norm * 0 + 1), row * 0))
     return b.stack_rows(done)
 
 
 def renew_rows(backend: "Backend", factor_t, seed_t, epsilon: float):
     """The shared factor a warm-started step multiplies by: each row f_j of ``factor_t`` (r×s) as
-    the unit vector f_j / ‖f_j‖ where ‖f_j‖ > ``epsilon``, else row j of ``seed_t`` (the seeded
-    initial factor, unit rows).
+    the unit vector f_j / ‖f_j‖ where ‖f_j‖ > ``epsilon``·‖F‖ (`no_direction_below`: relative, so
+    that a small gradient's factor is not taken for an empty one), else row j of ``seed_t`` (the
+    seeded initial factor, unit rows).
 
     Why unit rows: the next product P = M·F then scales with M alone. The reduced factor the classic
     scheme continues from is Q̄ = Mᵀ P̂, itself of M's scale σ; multiplied by it as it is, P would be of
@@ -77,5 +89,5 @@ def renew_rows(backend: "Backend", factor_t, seed_t, epsilon: float):
     plain warm start computes, up to round-off."""
     b = backend
     norms = b.row_norms(factor_t)
-    kept = norms > epsilon
+    kept = norms > no_direction_below(b, factor_t, epsilon)
     return b.where(kept, factor_t / b.where(kept, norms, norms * 0 + 1), seed_t)

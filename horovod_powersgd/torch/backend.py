@@ -112,7 +112,8 @@ class TorchBackend(Backend):
             return super().orthogonalize_rows(factor_t, epsilon)
         Q, R = torch.linalg.qr(factor_t.t())
         diagonal = R.diagonal()
-        if bool((diagonal.abs() <= epsilon).any()):  # a (near-)zero column: see core.orthogonalize
+        floor = epsilon * torch.linalg.vector_norm(factor_t)  # core.orthogonalize.no_direction_below
+        if bool((diagonal.abs() <= floor).any()):  # a (near-)zero column: see core.orthogonalize
             return super().orthogonalize_rows(factor_t, epsilon)
         return (Q * diagonal.sign()).t()
 

@@ -144,18 +144,21 @@ def test_renew_rows_keeps_the_directions_with_content_and_seeds_the_empty_ones()
     np.testing.assert_allclose(renewed, [[0.6, 0.8, 0], [0, 1, 0], [0, 0, 1]], rtol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1e-6, 1e-12, 1e12])
 @every_scheme
-def test_a_small_gradient_is_compressed_as_a_large_one_scaled(scheme):
-    """Every product scales with M alone: a gradient 1e-6 times another (entries ~1e-6) gives the
-    same result 1e-6 times smaller, step after step — none of its directions is taken for empty."""
+def test_a_small_gradient_is_compressed_as_a_large_one_scaled(scheme, scale):
+    """Every product scales with M alone and every "no direction left" floor is relative to the
+    factor it judges: a gradient ``scale`` times another (entries ~1e-12, a layer far from the loss)
+    gives the same result ``scale`` times over, step after step — none of its directions is taken
+    for empty, none of the warm start is lost."""
     shapes = {"w": (12, 10)}
 
-    def run(scale):
+    def run(factor):
         results = simulate(lambda b: PowerSGD(b, rank=2, min_compression_rate=1.0, **SCHEMES[scheme]), 6,
-                           lambda rank, step: {"w": scale * random_gradients(shapes, rank, step)["w"]})
+                           lambda rank, step: {"w": factor * random_gradients(shapes, rank, step)["w"]})
         return outputs_of(results)
 
-    large, small = run(1.0), run(1e-6)
-    for step, (a, b) in enumerate(zip(large, small)):
-        np.testing.assert_allclose(b["w"] / 1e-6, a["w"], rtol=1e-3, atol=1e-5, err_msg=f"step {step}")
+    unit, scaled = run(1.0), run(scale)
+    for step, (a, b) in enumerate(zip(unit, scaled)):
+        np.testing.assert_allclose(b["w"] / scale, a["w"], rtol=1e-3, atol=1e-5, err_msg=f"step {step}")
 

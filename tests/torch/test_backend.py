@@ -15,8 +15,9 @@ BACKEND = TorchBackend()
 
 @settings(max_examples=60, deadline=None)
 @given(arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 24)),
-              elements=st.one_of(st.sampled_from([0.0, 1.0, -2.5, 1e-30]),  # nothing near ε = 1e-8:
-                                 st.floats(1e-6, 10), st.floats(-10, -1e-6))))  # a residual there
+              elements=st.one_of(st.sampled_from([0.0, 1.0, -2.5, 1e-30]),  # nothing near the
+                                 st.floats(1e-6, 10), st.floats(-10, -1e-6))))  # floor ε·‖F‖ < 1e-6:
+                                                                                # a residual there
                                                                                 # is a coin toss
 @example(np.array([[0.0, 0.0], [1.0, 0.0]]))  # QR alone drops e₁ after a zero row: GS keeps it
 @example(np.array([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 3.0]]))
@@ -49,6 +50,18 @@ def test_qr_orthogonalization_in_float32_keeps_the_contract(factor_t):
     rows = factor_t.double()
     np.testing.assert_allclose((rows @ fast.t() @ fast).numpy(), rows.numpy(),
                                atol=1e-4 * (1 + float(rows.abs().max())))
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e12])
+def test_qr_orthogonalization_does_not_depend_on_the_factors_scale(scale):
+    """The floor is relative (core.orthogonalize.no_direction_below): a small factor keeps its
+    directions, and a dependent row stays zero at any scale."""
+    factor_t = torch.tensor([[1.0, 2.0, 0.5, 0.0], [2.0, 4.0, 1.0, 0.0], [0.0, 1.0, 0.0, 3.0]],
+                            dtype=torch.float64)
+    unit = BACKEND.orthogonalize_rows(factor_t, 1e-8)
+    np.testing.assert_allclose(BACKEND.orthogonalize_rows(factor_t * scale, 1e-8).numpy(), unit.numpy(),
+                               atol=1e-12)
+    assert float(unit[1].abs().max()) == 0.0 and float(unit[2].norm()) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])

@@ -4,7 +4,7 @@ reduced factor after, renewed where that has no direction left.
 Zero and rank-deficient gradients. A layer whose averaged gradient is exactly zero for a step (a
 branch not taken, the layer below a zero-initialised head) reduces to a zero factor; as a warm start
 it would make every later product M·0 zero, and the layer would never train again. So each step
-multiplies by the previous factor *renewed* (`renew_rows`): a row of norm ≤ ε — no direction left,
+multiplies by the previous factor *renewed* (`renew_rows`): a row of norm ≤ ε‖F‖ — no direction left,
 after a zero gradient or one of rank below r — is replaced by the same row of the seeded initial
 factor; every other row keeps its direction, scaled to unit length. The rule reads only all-reduced values and the seed, so
 every rank applies it alike, on the device, with no host round trip; it is a function of the

@@ -13,20 +13,22 @@ from tests.powersgd_schemes import SCHEMES, every_scheme
 WIDTH, STEPS = 8, 12
 
 
-def train(hvd, compression):
-    """The hidden kernel after every step of plain SGD."""
+def train(hvd, compression, scale=1.0, zero_head=True):
+    """The hidden kernel after every step of plain SGD (on ``scale`` times the loss, at a learning
+    rate ``scale`` times smaller)."""
     rng = np.random.default_rng(0)
     hidden = tf.Variable(rng.standard_normal((WIDTH, WIDTH)).astype(np.float32) / 3, name="hidden")
-    head = tf.Variable(tf.zeros((WIDTH, WIDTH)), name="head")
+    head = tf.Variable(tf.zeros((WIDTH, WIDTH)) if zero_head
+                       else rng.standard_normal((WIDTH, WIDTH)).astype(np.float32) / 3, name="head")
     variables = [hidden, head]
 
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean((tf.tanh(x @ hidden) @ head - y) ** 2)
+            loss = scale * tf.reduce_mean((tf.tanh(x @ hidden) @ head - y) ** 2)
         tape = hvd.DistributedGradientTape(tape, compression=compression)
         for v, g in zip(variables, tape.gradient(loss, variables)):
-            v.assign_sub(0.1 * g)
+            v.assign_sub((0.1 / scale) * g)
 
     trajectory = [hidden.numpy()]
     for t in range(STEPS):
@@ -47,6 +49,18 @@ def test_at_a_lossless_rank_the_kernel_below_trains_as_uncompressed(hvd, scheme)
     exact = train(hvd, hvd.Compression.none)
     compressed = train(hvd, PowerSGD(rank=WIDTH, min_compression_rate=0.01, **SCHEMES[scheme]))
     assert moved_after(exact) > 1e-4  # the kernel does train uncompressed
+    for step, (a, b) in enumerate(zip(exact, compressed)):
+        np.testing.assert_allclose(b, a, atol=1e-5, err_msg=f"step {step}")
+
+
+@every_scheme
+def test_gradients_of_1e_12_at_a_lossless_rank_train_as_uncompressed(hvd, scheme):
+    """A layer far from the loss: every "no direction left" floor is relative, so tiny gradients
+    are delivered exactly at a lossless rank, not taken for empty."""
+    exact = train(hvd, hvd.Compression.none, scale=1e-12, zero_head=False)
+    compressed = train(hvd, PowerSGD(rank=WIDTH, min_compression_rate=0.01, **SCHEMES[scheme]),
+                       scale=1e-12, zero_head=False)
+    assert moved_after(exact) > 1e-4
     for step, (a, b) in enumerate(zip(exact, compressed)):
         np.testing.assert_allclose(b, a, atol=1e-5, err_msg=f"step {step}")
 

@@ -170,3 +170,25 @@ def test_a_channels_last_model_trains_as_the_contiguous_one(hvd, spec):
     default, channels_last = train(False), train(True)
     for name, value in default.items():
         assert torch.allclose(channels_last[name], value, atol=1e-6), name
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e12])
+@every_scheme
+def test_gradients_of_any_scale_at_a_lossless_rank_train_as_uncompressed(hvd, scale, scheme):
+    """A layer far from the loss (gradients ~1e-12) or a huge loss: at a lossless rank every
+    scheme delivers the exact mean at every step, whatever the scale."""
+    def train(compression):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(WIDTH, WIDTH), torch.nn.Tanh(), torch.nn.Linear(WIDTH, WIDTH))
+        opt = make_optimizer(hvd, model, compression, lr=0.1 / scale)
+        for step in range(6):
+            g = torch.Generator().manual_seed(100 * hvd.rank() + step)
+            x, y = torch.randn(16, WIDTH, generator=g), torch.randn(16, WIDTH, generator=g)
+            opt.zero_grad()
+            (scale * torch.nn.functional.mse_loss(model(x), y)).backward()
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    exact = train(hvd.Compression.none)
+    compressed = train(PowerSGD(rank=WIDTH, min_compression_rate=0.01, **SCHEMES[scheme]))
+    assert torch.allclose(compressed, exact, atol=1e-5), float((compressed - exact).abs().max())
