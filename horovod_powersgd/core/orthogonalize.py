@@ -10,8 +10,9 @@ round-off), and that residual — normalized to length ~1 — is no longer ortho
 columns: P̂ P̂ᵀ M then over-counts a direction (by 64 % for two parallel columns). Here:
 
 - a column whose residual (after projecting out the earlier ones) is no longer than ``epsilon``
-  times the factor's own scale, its Frobenius norm ‖P‖ (`no_direction_below`), becomes exactly zero — it holds nothing but round-off — and every other is divided by its norm:
-  unit length exactly. (Dividing a short residual by ``max(norm, epsilon)`` instead left a column of
+  times the factor's own scale, its Frobenius norm ‖P‖ (`no_direction_below`), becomes exactly
+  zero — it holds nothing but round-off — and every other is divided by its norm: unit length
+  exactly. (Dividing a short residual by ``max(norm, epsilon)`` instead left a column of
   length between 0 and 1, which later columns were then projected against only partly: in float32,
   rows p, p, q, q came out with two columns at 0.91 overlap, no projector at all.)
 - each column is projected against the earlier ones twice ("twice is enough", Giraud et al. 2005),

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..core.backend import HOROVOD_ALLREDUCE_UNSUPPORTED, Backend
+from ..core.orthogonalize import no_direction_below
 from ..core.selection import largest_indices
 from ..glue import horovod_op
 from ..machine import cpu_vendor, torch_blas
@@ -112,8 +113,8 @@ class TorchBackend(Backend):
             return super().orthogonalize_rows(factor_t, epsilon)
         Q, R = torch.linalg.qr(factor_t.t())
         diagonal = R.diagonal()
-        floor = epsilon * torch.linalg.vector_norm(factor_t)  # core.orthogonalize.no_direction_below
-        if bool((diagonal.abs() <= floor).any()):  # a (near-)zero column: see core.orthogonalize
+        if bool((diagonal.abs() <= no_direction_below(self, factor_t, epsilon)).any()):
+            # a (near-)zero column: see core.orthogonalize
             return super().orthogonalize_rows(factor_t, epsilon)
         return (Q * diagonal.sign()).t()
 
