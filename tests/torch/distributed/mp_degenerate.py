@@ -81,6 +81,20 @@ def test_at_rank_2_the_layer_moves_at_least_half_as_far_as_uncompressed(hvd, cas
                                                                  moved_after(exact))
 
 
+def fit(hvd, model, compression, lr, inputs=(16, WIDTH), outputs=WIDTH, loss_scale=1.0,
+        layout=torch.contiguous_format, steps=6):
+    """``steps`` steps of plain SGD on each rank's own random batches of ``inputs``-shaped x (in
+    memory ``layout``) and ``outputs``-wide y, on ``loss_scale`` times the MSE."""
+    opt = make_optimizer(hvd, model, compression, lr=lr)
+    for step in range(steps):
+        g = torch.Generator().manual_seed(100 * hvd.rank() + step)
+        x, y = torch.randn(*inputs, generator=g), torch.randn(inputs[0], outputs, generator=g)
+        opt.zero_grad()
+        (loss_scale * torch.nn.functional.mse_loss(model(x.contiguous(memory_format=layout)), y)).backward()
+        opt.step()
+    return model
+
+
 class WithEmptyParameters(torch.nn.Module):
     """A small net, optionally with what carries no elements: a placeholder parameter (the
     ``nn.Parameter(torch.empty(0))`` models keep to find their device; no gradient, so Horovod's
@@ -111,13 +125,7 @@ def test_parameters_with_no_elements_train_the_rest_as_without_them(hvd, spec):
     def train(with_empty: bool):
         model = WithEmptyParameters(with_empty)
         compression = from_spec(spec).register_parameters(model.named_parameters())
-        opt = make_optimizer(hvd, model, compression, lr=0.1)
-        for step in range(6):
-            g = torch.Generator().manual_seed(100 * hvd.rank() + step)
-            x, y = torch.randn(16, WIDTH, generator=g), torch.randn(16, WIDTH, generator=g)
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
-            opt.step()
+        fit(hvd, model, compression, lr=0.1)
         assert compression.stats.nonfinite_steps == 0
         return model
 
@@ -152,17 +160,10 @@ def test_a_channels_last_model_trains_as_the_contiguous_one(hvd, spec):
     from horovod_powersgd.torch import from_spec
 
     def train(channels_last: bool):
-        model = ConvNet()
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        model = model.to(memory_format=layout)
+        model = ConvNet().to(memory_format=layout)
         compression = from_spec(spec).register_parameters(model.named_parameters())
-        opt = make_optimizer(hvd, model, compression, lr=0.05)
-        for step in range(6):
-            g = torch.Generator().manual_seed(100 * hvd.rank() + step)
-            x, y = torch.randn(8, 4, 6, 6, generator=g), torch.randn(8, 5, generator=g)
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(model(x.contiguous(memory_format=layout)), y).backward()
-            opt.step()
+        fit(hvd, model, compression, lr=0.05, inputs=(8, 4, 6, 6), outputs=5, layout=layout)
         assert compression.stats.nonfinite_steps == 0
         return {name: p.detach().contiguous() for name, p in model.named_parameters()}
 
@@ -180,13 +181,7 @@ def test_gradients_of_any_scale_at_a_lossless_rank_train_as_uncompressed(hvd, sc
     def train(compression):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(WIDTH, WIDTH), torch.nn.Tanh(), torch.nn.Linear(WIDTH, WIDTH))
-        opt = make_optimizer(hvd, model, compression, lr=0.1 / scale)
-        for step in range(6):
-            g = torch.Generator().manual_seed(100 * hvd.rank() + step)
-            x, y = torch.randn(16, WIDTH, generator=g), torch.randn(16, WIDTH, generator=g)
-            opt.zero_grad()
-            (scale * torch.nn.functional.mse_loss(model(x), y)).backward()
-            opt.step()
+        fit(hvd, model, compression, lr=0.1 / scale, loss_scale=scale)
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
     exact = train(hvd.Compression.none)
