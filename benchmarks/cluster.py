@@ -22,6 +22,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -57,6 +58,26 @@ def enter_sandbox(argv: List[str]) -> None:
     os.execvp("unshare", ["unshare", "-nm", "--propagation", "private", *argv])
 
 
+def unwind_on_sigterm() -> None:
+    """Turn SIGTERM (a timeout, a kill) into SystemExit, so that `Cluster.__exit__` tears the
+    cluster down. Without it a terminated run inside a sandbox whose mount namespace was skipped
+    (``HOROVOD_POWERSGD_SANDBOX=1`` set by hand) leaves its bind mount over /etc/hosts on the host:
+    the host's own name stops resolving and every Horovod launch there fails. Only from the main
+    thread, and only where nobody installed a SIGTERM handler before."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def _kill(procs) -> None:
+    """SIGKILL every worker's session that is still running, and reap them all."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.wait()
+
+
 def sh(*cmd: str, netns: Optional[str] = None) -> str:
     full = (["ip", "netns", "exec", netns] if netns else []) + list(cmd)
     proc = subprocess.run(full, capture_output=True, text=True, timeout=30)
@@ -88,7 +109,12 @@ class Cluster:
 
     # ------------------------------------------------------------------ build / tear down
     def __enter__(self):
-        self.up()
+        unwind_on_sigterm()
+        try:
+            self.up()
+        except BaseException:  # half built (a failed step, SIGTERM): take down what exists
+            self.down()
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -180,21 +206,18 @@ class Cluster:
                 procs.append(subprocess.Popen(cmd, env={**base, **extra}, stdout=handle,
                                               stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.monotonic() + timeout
-        failed = False
-        while True:
-            codes = [p.poll() for p in procs]
-            if all(c is not None for c in codes):
-                break
-            if any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
-                failed = True  # one crashed (the others would wait for it forever) or time is up
-                break
-            time.sleep(0.2)
-        if failed:
-            for p in procs:
-                if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGKILL)
-            for p in procs:
-                p.wait()
+        try:
+            while True:
+                codes = [p.poll() for p in procs]
+                if all(c is not None for c in codes):
+                    break
+                if any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
+                    _kill(procs)  # one crashed (the others would wait for it forever) or time is up
+                    break
+                time.sleep(0.2)
+        except BaseException:  # SIGTERM (`unwind_on_sigterm`), Ctrl-C: no worker outlives the run
+            _kill(procs)
+            raise
         results = [WorkerResult(i, p.returncode, logs[i].read_text(errors="replace"))
                    for i, p in enumerate(procs)]
         if time.monotonic() > deadline:
