@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import sys
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from benchmarks.rounds import Variant, plain_stepper, run_rounds, summarize, warm_up
 from benchmarks.tasks import TASKS
+from examples._engine import leave_gloo_job
 
 
 def label(psgd_rank: int) -> str:
@@ -89,24 +88,7 @@ def main(argv=None):
         args.out.write_text(json.dumps({"task": args.task, "workers": size, "steps": args.steps,
                                         "results": results, "side_by_side": True}, indent=1))
         print(f"wrote {args.out}", flush=True)
-    leave()
-
-
-def leave() -> None:
-    """End the job once every rank is done, without finalizing the interpreter.
-
-    torch 2.13's gloo threads outlive ``destroy_process_group`` (its ``pt_gloo_runloop`` threads still
-    run after it and a ``gc.collect()``) and meet interpreter finalization. A worker aborted with
-    "terminate called without an active exception" after the results were gathered — once in CI, once
-    in ~130 runs of this worker on a loaded machine; a thread taking the GIL during finalization is
-    ended by a forced unwind, which gives exactly that abort. After the last barrier nothing is left to
-    do, so the process leaves with ``os._exit`` and never finalizes.
-    """
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_gloo_job(dist)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 
 import torch
 
@@ -226,9 +227,25 @@ class DDPEngine(_Engine):
         return float(tensor.item())
 
     def close(self) -> None:
-        """Leave together: a rank whose peer already closed its gloo connections may abort at exit."""
-        self.dist.barrier()
-        self.dist.destroy_process_group()
+        """Leave the job together and end the process (`leave_gloo_job`)."""
+        leave_gloo_job(self.dist)
+
+
+def leave_gloo_job(dist) -> None:
+    """End a torch.distributed (gloo) process once every rank is done, without finalizing Python.
+
+    The barrier keeps a rank from closing its gloo connections while its peer still uses them. The
+    process then leaves with ``os._exit``: torch 2.13's gloo threads outlive
+    ``destroy_process_group`` (its ``pt_gloo_runloop`` threads still run after it and a
+    ``gc.collect()``) and meet interpreter finalization, where a thread that takes the GIL is ended
+    by a forced unwind — "terminate called without an active exception", an abort after the
+    results were printed. After the last barrier nothing is left to do, so nothing is lost.
+    """
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class LocalEngine(_Engine):
